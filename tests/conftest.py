@@ -1,0 +1,29 @@
+"""Shared pytest fixtures."""
+
+import pytest
+import zoo  # noqa: F401  (first: it selects Keras 2 before any test module imports larq)
+
+
+@pytest.fixture(scope="session")
+def fashion_mnist_data_dir(tmp_path_factory):
+    """A TFDS data dir with `zoo_fashion_mnist` built once from the real IDX files.
+
+    Source: $ZOO_FASHION_MNIST_DIR or /usr/share/datasets/fashion-mnist
+    (`apt-get install -y dataset-fashion-mnist`). Use it as
+    `zoo.data.load_dataset("fashion_mnist", ..., data_dir=fashion_mnist_data_dir)`.
+    """
+    from zoo import data
+
+    data_dir = tmp_path_factory.mktemp("tfds_data")
+    builder = data.prepare_fashion_mnist(data_dir)  # ~15 s, once per session
+    assert builder.is_prepared()
+    return str(data_dir)
+
+
+@pytest.fixture(autouse=True)
+def seeded():
+    """Fixed seeds: a binary net amplifies a float-rounding sign flip of a near-zero
+    pre-activation into a visibly different output, so parity checks use fixed weights."""
+    import tf_keras as keras
+
+    keras.utils.set_random_seed(0)

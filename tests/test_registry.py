@@ -1,0 +1,110 @@
+"""Registry, manifest, info and CLI: names, errors, costs."""
+
+import json
+
+import pytest
+import zoo
+from helpers import manifest_entry, write_manifest
+from zoo import cli, registry
+
+ARCHS = ("resnet18", "resnet34", "resnet18_cifar", "resnet20", "vgg_small")
+SCHEMES = ("fp", "bnn", "xnor", "bireal")
+
+
+def test_every_scheme_architecture_pair_is_registered():
+    assert set(zoo.list_models()) == {f"{s}_{a}" for s in SCHEMES for a in ARCHS}
+    assert zoo.list_models("bnn_*") == sorted(f"bnn_{a}" for a in ARCHS)
+    assert zoo.list_models("*_resnet20") == sorted(f"{s}_resnet20" for s in SCHEMES)
+    assert zoo.list_models("nothing*") == []
+
+
+def test_unknown_model_names_close_matches():
+    with pytest.raises(registry.UnknownModelError, match="bnn_resnet18") as err:
+        zoo.load("bnn_resnet81")
+    assert "Unknown model 'bnn_resnet81'" in str(err.value)
+    with pytest.raises(registry.UnknownModelError):
+        zoo.info("resnet18")
+
+
+def test_pretrained_filter_and_tags_follow_the_manifest(tmp_path, monkeypatch):
+    weights = tmp_path / "w.h5"
+    weights.write_bytes(b"placeholder: only the manifest is read here")
+    write_manifest(tmp_path / "manifest.json", [
+        manifest_entry("xnor_resnet20", weights, tag="fashion_mnist"),
+        manifest_entry("xnor_resnet20", weights, tag="cifar10", input_shape=(32, 32, 3)),
+    ])
+    monkeypatch.setenv("ZOO_MANIFEST", str(tmp_path / "manifest.json"))
+    assert zoo.list_models(pretrained=True) == ["xnor_resnet20"]
+    assert zoo.list_models("bnn_*", pretrained=True) == []
+    assert [e.tag for e in zoo.pretrained_entries("xnor_resnet20")] == ["fashion_mnist", "cifar10"]
+    with pytest.raises(registry.UnknownTagError, match="'fashion_mnist', 'cifar10'"):
+        zoo.load("xnor_resnet20", weights="imagenet")
+
+
+def test_malformed_manifest_is_reported(tmp_path, monkeypatch):
+    path = tmp_path / "manifest.json"
+    monkeypatch.setenv("ZOO_MANIFEST", str(path))
+    write_manifest(path, [{"name": "bnn_resnet20", "tag": "x"}])
+    with pytest.raises(registry.ManifestError, match="lacks dataset"):
+        zoo.list_models(pretrained=True)
+    path.write_text("{not json")
+    with pytest.raises(registry.ManifestError, match="malformed"):
+        registry.manifest_entries()
+
+
+def _conv_macs(out_hw, k, cin, cout):
+    return out_hw * out_hw * k * k * cin * cout
+
+
+def test_info_costs_match_the_architecture_by_hand():
+    details = zoo.info("bnn_resnet20")
+    # 18 binary 3x3 convs: 6 at 32x32 (16->16), 6 at 16x16 (first 16->32), 6 at 8x8 (first 32->64)
+    binary = (
+        6 * _conv_macs(32, 3, 16, 16)
+        + _conv_macs(16, 3, 16, 32) + 5 * _conv_macs(16, 3, 32, 32)
+        + _conv_macs(8, 3, 32, 64) + 5 * _conv_macs(8, 3, 64, 64)
+    )
+    assert details["binary_macs"] == binary
+    assert details["float_macs"] == _conv_macs(32, 3, 3, 16) + 64 * 10
+    assert details["binary_convs"] == 18
+    assert details["input_shape"] == [32, 32, 3]
+    assert "[0, 255]" in details["input"]
+    assert details["method"].startswith("BNN") and details["paper"]
+
+    fp = zoo.info("fp_resnet20")
+    assert fp["binary_macs"] == 0 and fp["float_macs"] == binary + details["float_macs"]
+    assert fp["parameters"] == details["parameters"]
+
+
+def test_info_of_imagenet_resnet18():
+    details = zoo.info("xnor_resnet18")
+    assert details["binary_convs"] == 16
+    assert details["binary_macs"] == pytest.approx(1.68e9, rel=0.01)  # Bi-Real ResNet-18 BOPs
+    assert details["classes"] == 1000 and details["input_shape"] == [224, 224, 3]
+
+
+def test_cli_list_and_info(capsys):
+    assert cli.main(["list", "xnor_*"]) == 0
+    out = capsys.readouterr().out
+    assert "xnor_resnet18" in out and "bnn_resnet18" not in out and "XNOR" in out
+
+    assert cli.main(["info", "bnn_resnet20", "--input-shape", "28,28,1", "--json"]) == 0
+    details = json.loads(capsys.readouterr().out)
+    assert details["input_shape"] == [28, 28, 1] and details["binary_convs"] == 18
+
+    assert cli.main(["info", "bireal_vgg_small"]) == 0
+    assert "binary MACs" in capsys.readouterr().out
+
+
+def test_cli_reports_bad_input(capsys):
+    assert cli.main(["info", "rbnn_resnet99"]) == 2
+    assert "Unknown model" in capsys.readouterr().err
+    assert cli.main(["list", "zzz*"]) == 1
+    assert cli.main(["info", "bnn_resnet18", "--input-shape", "8,8,3"]) == 2
+    assert "too small" in capsys.readouterr().err
+
+
+def test_summary_is_larqs(capsys):
+    zoo.summary(zoo.to_inference(zoo.load("xnor_resnet20", weights=None, input_shape=(28, 28, 1))))
+    out = capsys.readouterr().out
+    assert "stage1_block1_conv1" in out and "Binarized" in out

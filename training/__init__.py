@@ -1,0 +1,1 @@
+"""Training recipes and entry points. Imports ``zoo``; ``zoo`` never imports this package."""

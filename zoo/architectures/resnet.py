@@ -1,0 +1,157 @@
+"""ResNets: ImageNet-style ResNet-18/34 and CIFAR-style ResNet-18/20, for any scheme.
+
+The layouts are those of the RBNN reference code (methods.md §1.7), which the other
+methods of the zoo share:
+
+* ImageNet-style (``resnet18``, ``resnet34``; He et al., CVPR 2016, in the Bi-Real
+  layout of Liu et al., ECCV 2018): 7x7/2 float stem, BN, activation, 3x3/2 max-pool;
+  basic blocks with a real-valued shortcut around every binary 3x3 conv; float 1x1
+  stride-s conv + BN where the shape changes; global pool, BN, float dense.
+* CIFAR-style ``resnet20`` (16-32-64, 3 blocks a stage): 3x3 float stem, BN, activation;
+  parameter-free "option A" shortcuts; ``resnet18_cifar`` (64-128-256-512, 2 blocks a
+  stage): 3x3 float stem + BN, binary 1x1 conv + BN shortcuts where the shape changes.
+  A block is ``act(BN(conv(act(BN(conv(x))))) + shortcut(x))``, or, for schemes with
+  ``shortcut_every_conv`` (Bi-Real), a shortcut around each conv. Both take 28x28x1
+  (Fashion-MNIST) as well as 32x32x3.
+
+First conv and last dense are full precision in every scheme.
+"""
+
+from __future__ import annotations
+
+import tf_keras as keras
+
+from zoo.architectures.common import (
+    Architecture,
+    batch_norm,
+    classifier,
+    float_conv,
+    model_input,
+    pooled_features,
+)
+from zoo.layers import SubsampleChannelPad
+
+
+def _shortcut(x, scheme, filters, strides, kind, name):
+    if strides == 1 and x.shape[-1] == filters:
+        return x
+    if kind == "option_a":
+        return SubsampleChannelPad(filters, strides, name=f"{name}_shortcut")(x)
+    conv = scheme.conv if kind == "binary" else float_conv
+    x = conv(filters, 1, strides, name=f"{name}_shortcut_conv")(x)
+    return batch_norm(f"{name}_shortcut_bn")(x)
+
+
+def _basic_block(x, scheme, filters, strides, shortcut_kind, shortcut_every_conv, name):
+    shortcut = _shortcut(x, scheme, filters, strides, shortcut_kind, name)
+    h = scheme.conv(filters, 3, strides, name=f"{name}_conv1")(x)
+    h = batch_norm(f"{name}_bn1")(h)
+    if shortcut_every_conv:
+        h = keras.layers.Add(name=f"{name}_add1")([h, shortcut])
+        h = scheme.activation_layer(f"{name}_act1")(h)
+        y = scheme.conv(filters, 3, 1, name=f"{name}_conv2")(h)
+        y = batch_norm(f"{name}_bn2")(y)
+        y = keras.layers.Add(name=f"{name}_add2")([y, h])
+    else:
+        h = scheme.activation_layer(f"{name}_act1")(h)
+        y = scheme.conv(filters, 3, 1, name=f"{name}_conv2")(h)
+        y = batch_norm(f"{name}_bn2")(y)
+        y = keras.layers.Add(name=f"{name}_add")([y, shortcut])
+    return scheme.activation_layer(f"{name}_act2")(y)
+
+
+def build_resnet(
+    scheme,
+    arch: Architecture,
+    *,
+    stem: str,
+    blocks_per_stage,
+    widths,
+    shortcut_kind: str,
+    include_top=True,
+    input_shape=None,
+    classes=None,
+    pooling=None,
+    classifier_activation="softmax",
+    input_mean=None,
+    input_std=None,
+):
+    """Builds any ResNet of this module; the factories below fix its hyper-parameters."""
+    inputs, x, classes = model_input(arch, input_shape, classes, input_mean, input_std)
+
+    if stem == "imagenet":
+        x = float_conv(widths[0], 7, 2, name="stem_conv")(x)
+        x = batch_norm("stem_bn")(x)
+        x = scheme.activation_layer("stem_act")(x)
+        x = keras.layers.MaxPooling2D(3, 2, padding="same", name="stem_pool")(x)
+    else:
+        x = float_conv(widths[0], 3, 1, name="stem_conv")(x)
+        x = batch_norm("stem_bn")(x)
+        if stem == "cifar_act":
+            x = scheme.activation_layer("stem_act")(x)
+
+    # The ImageNet layout has a shortcut around every conv whatever the scheme.
+    every_conv = stem == "imagenet" or scheme.shortcut_every_conv
+    for stage, (blocks, filters) in enumerate(zip(blocks_per_stage, widths), start=1):
+        for block in range(1, blocks + 1):
+            strides = 2 if stage > 1 and block == 1 else 1
+            x = _basic_block(
+                x, scheme, filters, strides, shortcut_kind, every_conv,
+                name=f"stage{stage}_block{block}",
+            )
+
+    x = pooled_features(x, include_top, pooling)
+    if include_top:
+        x = batch_norm("head_bn")(x)
+        x = classifier(x, classes, classifier_activation)
+    return keras.Model(inputs, x, name=f"{scheme.name}_{arch.name}")
+
+
+def resnet18(scheme, **kwargs):
+    """ResNet-18, ImageNet-style (Bi-Real layout, methods.md §1.7e)."""
+    return build_resnet(
+        scheme, RESNET18, stem="imagenet", blocks_per_stage=(2, 2, 2, 2),
+        widths=(64, 128, 256, 512), shortcut_kind="float", **kwargs,
+    )
+
+
+def resnet34(scheme, **kwargs):
+    """ResNet-34, ImageNet-style (Bi-Real layout, methods.md §1.7e)."""
+    return build_resnet(
+        scheme, RESNET34, stem="imagenet", blocks_per_stage=(3, 4, 6, 3),
+        widths=(64, 128, 256, 512), shortcut_kind="float", **kwargs,
+    )
+
+
+def resnet18_cifar(scheme, *, widths=(64, 128, 256, 512), **kwargs):
+    """ResNet-18, CIFAR-style (methods.md §1.7c); ``widths`` gives the widened variants."""
+    return build_resnet(
+        scheme, RESNET18_CIFAR, stem="cifar", blocks_per_stage=(2, 2, 2, 2),
+        widths=tuple(widths), shortcut_kind="binary", **kwargs,
+    )
+
+
+def resnet20(scheme, **kwargs):
+    """ResNet-20, CIFAR-style with option-A shortcuts (methods.md §1.7a/b)."""
+    return build_resnet(
+        scheme, RESNET20, stem="cifar_act", blocks_per_stage=(3, 3, 3),
+        widths=(16, 32, 64), shortcut_kind="option_a", **kwargs,
+    )
+
+
+RESNET18 = Architecture(
+    "resnet18", resnet18, "ResNet (ImageNet-style)",
+    "ResNet-18, 7x7 stem, Bi-Real layout, float 1x1 downsampling", (224, 224, 3), 1000, 32,
+)
+RESNET34 = Architecture(
+    "resnet34", resnet34, "ResNet (ImageNet-style)",
+    "ResNet-34, 7x7 stem, Bi-Real layout, float 1x1 downsampling", (224, 224, 3), 1000, 32,
+)
+RESNET18_CIFAR = Architecture(
+    "resnet18_cifar", resnet18_cifar, "ResNet (CIFAR-style)",
+    "ResNet-18 for 32x32 inputs, 3x3 stem, binary 1x1 downsampling", (32, 32, 3), 10, 8,
+)
+RESNET20 = Architecture(
+    "resnet20", resnet20, "ResNet (CIFAR-style)",
+    "ResNet-20 (16-32-64), option-A shortcuts", (32, 32, 3), 10, 8,
+)

@@ -1,0 +1,57 @@
+"""VGG-small, CIFAR-style (Zhang et al., LQ-Nets, ECCV 2018; RBNN's ``vgg_small_1w1a``).
+
+3x3 float stem (128) + BN + activation, then five binary 3x3 convs (128, 256, 256, 512,
+512) with a 2x2 max-pool after the 1st, 3rd and 5th, each followed by BN and the
+activation (conv -> [pool] -> BN -> act, methods.md §1.7d), flatten, float dense.
+"""
+
+from __future__ import annotations
+
+import tf_keras as keras
+
+from zoo.architectures.common import (
+    Architecture,
+    batch_norm,
+    classifier,
+    float_conv,
+    model_input,
+    pooled_features,
+)
+
+_BODY = ((128, True), (256, False), (256, True), (512, False), (512, True))
+
+
+def vgg_small(
+    scheme,
+    *,
+    include_top=True,
+    input_shape=None,
+    classes=None,
+    pooling=None,
+    classifier_activation="softmax",
+    input_mean=None,
+    input_std=None,
+):
+    """VGG-small for 32x32 (or 28x28) inputs."""
+    inputs, x, classes = model_input(VGG_SMALL, input_shape, classes, input_mean, input_std)
+    x = float_conv(128, 3, 1, name="stem_conv")(x)
+    x = batch_norm("stem_bn")(x)
+    x = scheme.activation_layer("stem_act")(x)
+    for i, (filters, pool) in enumerate(_BODY, start=1):
+        x = scheme.conv(filters, 3, 1, name=f"conv{i}")(x)
+        if pool:
+            x = keras.layers.MaxPooling2D(2, name=f"pool{i}")(x)
+        x = batch_norm(f"bn{i}")(x)
+        x = scheme.activation_layer(f"act{i}")(x)
+    if include_top:
+        x = keras.layers.Flatten(name="flatten")(x)
+        x = classifier(x, classes, classifier_activation)
+    else:
+        x = pooled_features(x, include_top, pooling)
+    return keras.Model(inputs, x, name=f"{scheme.name}_vgg_small")
+
+
+VGG_SMALL = Architecture(
+    "vgg_small", vgg_small, "VGG (CIFAR-style)",
+    "VGG-small (128-128-256-256-512-512), max-pool before BN", (32, 32, 3), 10, 8,
+)

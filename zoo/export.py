@@ -1,0 +1,211 @@
+"""``to_inference``: the one export mechanism every method extends (methods.md §0.5).
+
+It rebuilds a trained functional model with every binary training layer replaced by a
+plain Larq ``QuantConv2D`` (``ste_sign`` input and kernel quantizers, a ±1 kernel, no
+constraint, no bias), the layer's float pre-ops inserted before it, and its per-channel
+scale folded into the BatchNormalization that follows. Which layers are binary and what
+they stand for is told by the export rules the schemes register
+(:func:`zoo.schemes.export_rule`); nothing else of a method survives.
+
+A negative scale is moved into the kernel (``α·conv(A, B) = |α|·conv(A, sign(α)·B)``),
+so only ``|α| ≥ 0`` is folded. That keeps folding valid across a max-pool between the
+conv and its BN (VGG-small), because max-pooling commutes with a non-negative
+per-channel scale.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import logging
+
+import larq as lq
+import numpy as np
+import tf_keras as keras
+
+from zoo.schemes.base import BinaryExport, find_export_rule
+
+#: layers a non-negative per-channel scale passes through unchanged on its way to BN
+_SCALE_COMMUTING = (keras.layers.MaxPooling2D,)
+
+
+def binary_exports(model: keras.Model) -> dict[str, BinaryExport]:
+    """The binary layers of a model, by name, with what each exports to."""
+    exports = {}
+    for layer in model.layers:
+        if isinstance(layer, keras.Model):
+            raise ValueError(
+                f"to_inference: nested model {layer.name!r} is not supported; "
+                "export a flat functional model."
+            )
+        rule = find_export_rule(layer)
+        export = rule(layer) if rule else None
+        if export is not None:
+            exports[layer.name] = export
+    return exports
+
+
+def to_inference(model: keras.Model) -> keras.Model:
+    """The inference model of a trained model: ±1 ``QuantConv2D`` + folded BatchNorm.
+
+    The result computes the same function as ``model(x, training=False)`` (to float
+    tolerance) and converts with LCE so that every binary conv becomes an
+    ``LceBconv2d``.
+    """
+    if not isinstance(model, keras.Model) or not getattr(model, "_is_graph_network", False):
+        raise TypeError("to_inference needs a functional tf_keras Model (as the zoo builds).")
+    exports = binary_exports(model)
+    folds = {}
+    for name, export in exports.items():
+        signs = np.where(export.scale >= 0, 1.0, -1.0).astype(np.float32)
+        export_kernel = export.kernel * signs
+        magnitude = np.abs(export.scale).astype(np.float32)
+        bn_name = None
+        if not np.allclose(magnitude, 1.0):
+            bn_name = _following_batch_norm(model, model.get_layer(name))
+            if bn_name in folds:
+                raise ValueError(f"to_inference: BN {bn_name!r} follows two binary convs.")
+            folds[bn_name] = magnitude
+        exports[name] = (export, export_kernel)
+
+    config = _rewrite_config(model.get_config(), exports, set(folds))
+    with _quiet("larq"):
+        inference = keras.Model.from_config(config)
+
+    for layer in inference.layers:
+        if layer.name in exports:
+            layer.set_weights([exports[layer.name][1]])
+        elif layer.name in folds:
+            layer.set_weights(_folded_bn_weights(model.get_layer(layer.name), folds[layer.name]))
+        elif layer.weights:
+            layer.set_weights(model.get_layer(layer.name).get_weights())
+    return inference
+
+
+def _following_batch_norm(model: keras.Model, layer: keras.layers.Layer) -> str:
+    """The BN a binary conv's output reaches through scale-commuting layers only."""
+    members = {id(m) for m in model.layers}
+    current = layer
+    while True:
+        consumers = [n.outbound_layer for n in current._outbound_nodes]
+        consumers = [c for c in consumers if id(c) in members]
+        if len(consumers) != 1:
+            break
+        current = consumers[0]
+        if isinstance(current, keras.layers.BatchNormalization):
+            if current.axis not in ([-1], [3], -1, 3):
+                break
+            return current.name
+        if not isinstance(current, _SCALE_COMMUTING):
+            break
+    raise ValueError(
+        f"to_inference: the scale of binary layer {layer.name!r} cannot be folded: its "
+        "output must reach a single BatchNormalization (through max-pooling at most), "
+        f"but it reaches {current.name!r} ({type(current).__name__})."
+    )
+
+
+def _folded_bn_weights(bn: keras.layers.BatchNormalization, alpha: np.ndarray):
+    """BN after a per-channel scale α ≥ 0 as one BN (methods.md §0.5)."""
+    weights = dict(zip((w.name.split("/")[-1].split(":")[0] for w in bn.weights), bn.get_weights()))
+    channels = alpha.shape[0]
+    gamma = weights.get("gamma", np.ones(channels, np.float32))
+    beta = weights.get("beta", np.zeros(channels, np.float32))
+    s = gamma / np.sqrt(weights["moving_variance"] + bn.epsilon)
+    b = beta - weights["moving_mean"] * s
+    return [
+        (s * alpha).astype(np.float32),
+        b.astype(np.float32),
+        np.zeros(channels, np.float32),
+        np.full(channels, 1.0 - bn.epsilon, np.float32),
+    ]
+
+
+@contextlib.contextmanager
+def _quiet(logger_name: str):
+    """Silences a library's warnings that do not apply to what we do with it.
+
+    Larq warns that a binary kernel without a constraint may starve in training: the
+    exported layers are for inference only.
+    """
+    logger = logging.getLogger(logger_name)
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def inference_conv(name: str, conv_kwargs: dict) -> lq.layers.QuantConv2D:
+    kwargs = dict(conv_kwargs)
+    if kwargs.get("groups", 1) == 1:
+        kwargs.pop("groups", None)
+    with _quiet("larq"):
+        return lq.layers.QuantConv2D(
+        **kwargs,
+        input_quantizer="ste_sign",
+        kernel_quantizer="ste_sign",
+        kernel_constraint=None,
+        use_bias=False,
+        name=name,
+    )
+
+
+def _rewrite_config(config: dict, exports: dict, folded_bns: set[str]) -> dict:
+    config = copy.deepcopy(config)
+    layers = []
+    for entry in config["layers"]:
+        name = entry["name"]
+        if name in folded_bns:
+            entry["config"].update(center=True, scale=True)
+        if name not in exports:
+            layers.append(entry)
+            continue
+        export, _ = exports[name]
+        if len(entry["inbound_nodes"]) != 1:
+            raise ValueError(f"to_inference: layer {name!r} is shared; that is not supported.")
+        inbound = entry["inbound_nodes"]
+        for pre in export.pre_layers:
+            if pre.weights:
+                raise ValueError(f"to_inference: pre-op {pre.name!r} must not hold weights.")
+            layers.append({**keras.layers.serialize(pre), "name": pre.name, "inbound_nodes": inbound})
+            inbound = [[[pre.name, 0, 0, {}]]]
+        conv = inference_conv(name, export.conv_kwargs)
+        layers.append({**keras.layers.serialize(conv), "name": name, "inbound_nodes": inbound})
+    config["layers"] = layers
+    return config
+
+
+def convert_lce(model: keras.Model, **converter_kwargs) -> bytes:
+    """The LCE flatbuffer of a model's inference form (binary convs as ``LceBconv2d``).
+
+    Full-precision models pass through unchanged (LCE then emits plain TFLite ops).
+    """
+    from larq_compute_engine import convert_keras_model  # heavy: import on use
+
+    inference = to_inference(model) if binary_exports(model) else model
+    with _quiet("tensorflow"):  # the converter's SavedModel round trip warns about metrics
+        return convert_keras_model(inference, **converter_kwargs)
+
+
+def op_histogram(flatbuffer: bytes) -> dict[str, int]:
+    """How many operators of each kind a .tflite flatbuffer holds (custom ops by name)."""
+    from tensorflow.lite.python import schema_py_generated as schema
+
+    tflite_model = schema.ModelT.InitFromObj(schema.Model.GetRootAsModel(flatbuffer, 0))
+    names = {value: key for key, value in vars(schema.BuiltinOperator).items() if key.isupper()}
+    codes = []
+    for code in tflite_model.operatorCodes:
+        builtin = max(code.builtinCode, code.deprecatedBuiltinCode)
+        if builtin == schema.BuiltinOperator.CUSTOM:
+            custom = code.customCode
+            codes.append(custom.decode() if isinstance(custom, bytes) else custom)
+        else:
+            codes.append(names[builtin])
+    histogram: dict[str, int] = {}
+    for subgraph in tflite_model.subgraphs:
+        for operator in subgraph.operators:
+            kind = codes[operator.opcodeIndex]
+            histogram[kind] = histogram.get(kind, 0) + 1
+    return dict(sorted(histogram.items()))

@@ -1,0 +1,74 @@
+"""``zoo.info`` and ``zoo.summary``: what a model is and what it costs."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import larq as lq
+import tf_keras as keras
+
+from zoo import registry
+from zoo.export import to_inference
+
+INPUT_CONTRACT = (
+    "raw pixels in [0, 255], float32 (cast uint8 to float); the model normalises them "
+    "in its first layer"
+)
+
+
+def costs(model: keras.Model) -> dict:
+    """Parameters and MACs of a model, counted by Larq's profiler on its inference form.
+
+    A binary MAC is one whose kernel and input are both 1-bit; everything else counts
+    as a float MAC (stem, float shortcuts, dense head).
+    """
+    profile = lq.models.ModelProfile(model)
+    total = profile.op_count("mac")
+    binary = profile.op_count("mac", 1)
+    binary_convs = sum(
+        1
+        for layer in model.layers
+        if isinstance(layer, lq.layers.QuantConv2D)
+        and getattr(layer.input_quantizer, "precision", None) == 1
+        and getattr(layer.kernel_quantizer, "precision", None) == 1
+    )
+    return {
+        "parameters": int(model.count_params()),
+        "binary_macs": int(binary),
+        "float_macs": int(total - binary),
+        "binary_convs": binary_convs,
+    }
+
+
+def info(name: str, input_shape=None) -> dict:
+    """Everything the zoo knows about a registered model, as a JSON-ready dict.
+
+    Costs are those of the exported inference model at ``input_shape`` (default: the
+    architecture's default input).
+    """
+    spec = registry.get_model_spec(name)
+    model = spec.build(input_shape=input_shape)
+    normalize = model.get_layer("normalize")
+    arch, scheme = spec.architecture, spec.scheme
+    return {
+        "name": name,
+        "family": arch.family,
+        "architecture": arch.name,
+        "architecture_description": arch.description,
+        "scheme": scheme.name,
+        "method": scheme.method,
+        "paper": scheme.paper,
+        "input_shape": list(model.input_shape[1:]),
+        "input": INPUT_CONTRACT,
+        "input_mean": [float(v) for v in normalize.input_mean],
+        "input_std": [float(v) ** 0.5 for v in normalize.input_variance],
+        "classes": int(model.output_shape[-1]),
+        **costs(to_inference(model) if scheme.binary else model),
+        "reported": [dataclasses.asdict(r) for r in scheme.reported if r.arch == arch.name],
+        "pretrained": [entry.as_dict() for entry in registry.pretrained_entries(name)],
+    }
+
+
+def summary(model: keras.Model, **kwargs) -> None:
+    """Larq's model summary: per-layer bit widths, parameters, memory and MACs."""
+    lq.models.summary(model, **kwargs)

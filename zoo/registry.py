@@ -1,0 +1,186 @@
+"""The model registry: ``<scheme>_<architecture>`` names, builders and pretrained entries.
+
+Architectures know nothing of weights and schemes know nothing of architectures; this
+module ties them together with the pretrained manifest (``pretrained/manifest.json``,
+or the file named by ``$ZOO_MANIFEST``). Registering a scheme adds a model for every
+architecture, and registering an architecture adds one for every scheme.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import fnmatch
+import json
+import os
+from pathlib import Path
+
+import tf_keras as keras
+
+from zoo.architectures import ARCHITECTURES, Architecture
+from zoo.schemes import SCHEMES, Scheme
+
+DEFAULT_MANIFEST = Path(__file__).resolve().parent.parent / "pretrained" / "manifest.json"
+_REQUIRED_ENTRY_FIELDS = ("name", "tag", "dataset", "input_shape", "classes", "sha256", "metrics")
+
+
+class UnknownModelError(ValueError):
+    """A model name the registry does not know."""
+
+
+class UnknownTagError(ValueError):
+    """A pretrained tag the manifest does not have for that model."""
+
+
+class ManifestError(ValueError):
+    """The pretrained manifest is malformed."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+    """A registered model: an architecture built with a scheme."""
+
+    name: str
+    architecture: Architecture
+    scheme: Scheme
+
+    def build(self, **kwargs) -> keras.Model:
+        """Builds the model with random weights (keras.applications-style kwargs)."""
+        return self.architecture.builder(self.scheme, **kwargs)
+
+
+@dataclasses.dataclass(frozen=True)
+class PretrainedEntry:
+    """One row of the pretrained manifest."""
+
+    name: str
+    tag: str
+    dataset: str
+    input_shape: tuple[int, int, int]
+    classes: int
+    sha256: str
+    metrics: dict
+    file: str | None = None
+    url: str | None = None
+    size: int | None = None
+    builder_kwargs: dict = dataclasses.field(default_factory=dict)
+    command: str = ""
+    manifest_dir: Path = Path(".")
+
+    @property
+    def source(self) -> str:
+        """Local path (relative to the manifest) or URL of the weights file."""
+        if self.file:
+            return str((self.manifest_dir / self.file).resolve())
+        return self.url
+
+    def as_dict(self) -> dict:
+        row = dataclasses.asdict(self)
+        row.pop("manifest_dir")
+        row["input_shape"] = list(self.input_shape)
+        return {k: v for k, v in row.items() if v not in (None, {}, "")}
+
+
+_MODELS: dict[str, ModelSpec] = {}
+_SCHEMES: dict[str, Scheme] = {}
+_ARCHITECTURES: dict[str, Architecture] = {}
+
+
+def register_scheme(scheme: Scheme) -> None:
+    """Adds ``<scheme>_<arch>`` for every registered architecture."""
+    _SCHEMES[scheme.name] = scheme
+    for arch in _ARCHITECTURES.values():
+        _add(ModelSpec(f"{scheme.name}_{arch.name}", arch, scheme))
+
+
+def register_architecture(arch: Architecture, schemes: tuple[str, ...] | None = None) -> None:
+    """Adds ``<scheme>_<arch>`` for every registered scheme (or only the named ones)."""
+    _ARCHITECTURES[arch.name] = arch
+    for scheme in _SCHEMES.values():
+        if schemes is None or scheme.name in schemes:
+            _add(ModelSpec(f"{scheme.name}_{arch.name}", arch, scheme))
+
+
+def _add(spec: ModelSpec) -> None:
+    _MODELS[spec.name] = spec
+
+
+def get_model_spec(name: str) -> ModelSpec:
+    try:
+        return _MODELS[name]
+    except KeyError:
+        close = difflib.get_close_matches(name, list(_MODELS), n=5, cutoff=0.5)
+        hint = f" Did you mean: {', '.join(close)}?" if close else ""
+        raise UnknownModelError(
+            f"Unknown model {name!r}.{hint} `zoo.list_models()` lists all "
+            f"{len(_MODELS)} models."
+        ) from None
+
+
+def list_models(pattern: str = "*", pretrained: bool = False) -> list[str]:
+    """Registered model names matching a shell-style ``pattern``, sorted.
+
+    With ``pretrained=True`` only those with at least one pretrained entry.
+    """
+    names = sorted(n for n in _MODELS if fnmatch.fnmatchcase(n, pattern))
+    if pretrained:
+        with_weights = {entry.name for entry in manifest_entries()}
+        names = [n for n in names if n in with_weights]
+    return names
+
+
+def manifest_path() -> Path:
+    return Path(os.environ.get("ZOO_MANIFEST") or DEFAULT_MANIFEST)
+
+
+def manifest_entries() -> list[PretrainedEntry]:
+    """All entries of the pretrained manifest (read anew each call: it is small)."""
+    path = manifest_path()
+    if not path.exists():
+        return []
+    try:
+        rows = json.loads(path.read_text())["entries"]
+    except (json.JSONDecodeError, KeyError, TypeError) as err:
+        raise ManifestError(f"Pretrained manifest {path} is malformed: {err}") from err
+    return [_entry_from_row(row, path) for row in rows]
+
+
+def _entry_from_row(row: dict, path: Path) -> PretrainedEntry:
+    missing = [f for f in _REQUIRED_ENTRY_FIELDS if f not in row]
+    if missing or not (row.get("file") or row.get("url")):
+        missing += [] if (row.get("file") or row.get("url")) else ["file or url"]
+        raise ManifestError(
+            f"Pretrained manifest {path}: entry {row.get('name', '?')}/{row.get('tag', '?')} "
+            f"lacks {', '.join(missing)}."
+        )
+    fields = {f.name for f in dataclasses.fields(PretrainedEntry)} - {"manifest_dir"}
+    unknown = set(row) - fields
+    if unknown:
+        raise ManifestError(f"Pretrained manifest {path}: unknown fields {sorted(unknown)}.")
+    return PretrainedEntry(
+        **{**row, "input_shape": tuple(row["input_shape"])}, manifest_dir=path.parent
+    )
+
+
+def pretrained_entries(name: str) -> list[PretrainedEntry]:
+    """The pretrained entries of a model, in manifest order (the first is the default)."""
+    get_model_spec(name)
+    return [entry for entry in manifest_entries() if entry.name == name]
+
+
+def pretrained_entry(name: str, tag: str) -> PretrainedEntry:
+    entries = pretrained_entries(name)
+    for entry in entries:
+        if entry.tag == tag:
+            return entry
+    available = ", ".join(repr(e.tag) for e in entries) or "none"
+    raise UnknownTagError(
+        f"No pretrained weights {tag!r} for {name!r}; available tags: {available}. "
+        "Pass weights=None for random initialisation, or a path / URL of a weights file."
+    )
+
+
+for _scheme in SCHEMES:
+    register_scheme(_scheme)
+for _arch in ARCHITECTURES:
+    register_architecture(_arch)

@@ -1,0 +1,11 @@
+"""Binarization schemes: one module per method. ``SCHEMES`` lists what the registry serves."""
+
+from zoo.schemes.base import BinaryExport, Reported, Scheme, export_rule
+from zoo.schemes.bireal import BiReal
+from zoo.schemes.bnn import BNN
+from zoo.schemes.fp import FullPrecision
+from zoo.schemes.xnor import XNOR
+
+SCHEMES: tuple[Scheme, ...] = (FullPrecision(), BNN(), XNOR(), BiReal())
+
+__all__ = ["SCHEMES", "BinaryExport", "Reported", "Scheme", "export_rule"]

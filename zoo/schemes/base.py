@@ -1,0 +1,182 @@
+"""The one extension point of the zoo: a binarization scheme.
+
+A scheme is what the architecture builders ask for their binary parts. A builder never
+asks which method it is building; it calls ``scheme.conv(...)`` for every binary conv and
+reads the scheme's block options (its activation, whether a real-valued shortcut goes
+around every binary conv). A method is one module that subclasses :class:`Scheme`, plus,
+when it trains with its own layer class, an :func:`export_rule` for that class telling
+:func:`zoo.to_inference` which ±1 kernel and per-channel scale the layer stands for.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable
+
+import larq as lq
+import numpy as np
+import tensorflow as tf
+import tf_keras as keras
+
+from zoo.layers import HardTanh
+
+
+@dataclasses.dataclass(frozen=True)
+class Reported:
+    """A result reported by the method's paper or reference code (see methods.md)."""
+
+    arch: str
+    dataset: str
+    top1: float
+    source: str
+    top5: float | None = None
+    note: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class BinaryExport:
+    """What one binary training layer is at inference (methods.md §0.5).
+
+    ``kernel`` is the ±1 HWIO kernel, ``scale`` the per-output-channel factor (any sign)
+    that multiplies the conv output and is folded into the following BatchNormalization,
+    ``conv_kwargs`` the geometry of the exported ``QuantConv2D`` and ``pre_layers`` float
+    layers applied to the conv input first (e.g. RBNN's activation centring).
+    """
+
+    kernel: np.ndarray
+    scale: np.ndarray
+    conv_kwargs: dict
+    pre_layers: tuple = ()
+
+
+_EXPORT_RULES: dict[type, Callable[[keras.layers.Layer], BinaryExport | None]] = {}
+
+
+def export_rule(layer_class: type):
+    """Register ``fn(layer) -> BinaryExport | None`` as the export rule of a layer class.
+
+    The most specific rule along the class's MRO wins; returning None means "this
+    instance is not a binary conv, keep it as it is".
+    """
+
+    def register(fn):
+        _EXPORT_RULES[layer_class] = fn
+        return fn
+
+    return register
+
+
+def find_export_rule(layer: keras.layers.Layer):
+    for cls in type(layer).__mro__:
+        if cls in _EXPORT_RULES:
+            return _EXPORT_RULES[cls]
+    return None
+
+
+def is_one_bit(quantizer) -> bool:
+    return getattr(quantizer, "precision", None) == 1
+
+
+def conv_geometry(layer: keras.layers.Conv2D) -> dict:
+    return dict(
+        filters=layer.filters,
+        kernel_size=layer.kernel_size,
+        strides=layer.strides,
+        padding=layer.padding,
+        dilation_rate=layer.dilation_rate,
+        groups=layer.groups,
+        pad_values=getattr(layer, "pad_values", 0.0),
+    )
+
+
+def split_scaled_sign(quantized_kernel: np.ndarray, layer_name: str):
+    """Write a quantized HWIO kernel as ``sign * scale`` with one scale per output channel.
+
+    Raises if the kernel is not of that form (then LCE could not run it as a binary conv).
+    """
+    signs = np.where(quantized_kernel >= 0, 1.0, -1.0).astype(np.float32)
+    scale = np.max(np.abs(quantized_kernel), axis=(0, 1, 2)).astype(np.float32)
+    if not np.allclose(quantized_kernel, signs * scale, rtol=1e-5, atol=1e-7):
+        raise ValueError(
+            f"Layer {layer_name!r}: its quantized kernel is not a per-output-channel "
+            "scaled sign, so it cannot be exported as a ±1 binary convolution."
+        )
+    return signs, scale
+
+
+@export_rule(lq.layers.QuantConv2D)
+def export_quant_conv2d(layer: lq.layers.QuantConv2D) -> BinaryExport | None:
+    """Any Larq ``QuantConv2D`` with 1-bit input and kernel quantizers (bnn, xnor, bireal)."""
+    if not (is_one_bit(layer.input_quantizer) and is_one_bit(layer.kernel_quantizer)):
+        return None
+    if layer.use_bias:
+        raise ValueError(f"Layer {layer.name!r}: binary convs with a bias cannot be exported.")
+    quantized = layer.kernel_quantizer(tf.convert_to_tensor(layer.kernel)).numpy()
+    signs, scale = split_scaled_sign(quantized, layer.name)
+    return BinaryExport(kernel=signs, scale=scale, conv_kwargs=conv_geometry(layer))
+
+
+class Scheme:
+    """Base class of binarization schemes. Subclasses set the attributes and ``conv``."""
+
+    name: str = ""
+    method: str = ""
+    paper: str = ""
+    binary: bool = True
+    #: the block non-linearity: "hardtanh", "relu" or "prelu"
+    activation: str = "hardtanh"
+    #: Bi-Real layout: a real-valued shortcut around every binary conv of a CIFAR block
+    shortcut_every_conv: bool = False
+    #: padding value of binary convs: 1.0 is LCE's fast path (methods.md §0.4 [choice])
+    pad_values: float = 1.0
+    reported: tuple[Reported, ...] = ()
+
+    def conv(self, filters: int, kernel_size: int, strides: int = 1, name: str | None = None):
+        """The training-time conv layer of the scheme (binary unless ``binary`` is False)."""
+        raise NotImplementedError
+
+    def activation_layer(self, name: str) -> keras.layers.Layer:
+        if self.activation == "hardtanh":
+            return HardTanh(name=name)
+        if self.activation == "relu":
+            return keras.layers.ReLU(name=name)
+        if self.activation == "prelu":
+            return keras.layers.PReLU(
+                alpha_initializer=keras.initializers.Constant(0.25), shared_axes=[1, 2], name=name
+            )
+        raise ValueError(f"Scheme {self.name!r}: unknown activation {self.activation!r}")
+
+    def callbacks(self, epochs: int) -> list:
+        """Per-epoch machinery the scheme needs during ``fit`` (none for the baselines)."""
+        return []
+
+    def __repr__(self) -> str:
+        return f"<Scheme {self.name}: {self.method}>"
+
+
+def conv_initializer() -> keras.initializers.Initializer:
+    """PyTorch ``kaiming_normal_`` (fan_in, ReLU gain, untruncated; methods.md §0.3)."""
+    return keras.initializers.VarianceScaling(2.0, "fan_in", "untruncated_normal")
+
+
+class LarqBinaryScheme(Scheme):
+    """A scheme whose binary conv is a plain Larq ``QuantConv2D``; subclasses pick its
+    quantizers (the baselines differ by nothing else)."""
+
+    input_quantizer: str = "ste_sign"
+    kernel_quantizer: str = "ste_sign"
+
+    def conv(self, filters, kernel_size, strides=1, name=None):
+        return lq.layers.QuantConv2D(
+            filters,
+            kernel_size,
+            strides=strides,
+            padding="same",
+            pad_values=self.pad_values,
+            input_quantizer=self.input_quantizer,
+            kernel_quantizer=self.kernel_quantizer,
+            kernel_constraint="weight_clip",
+            kernel_initializer=conv_initializer(),
+            use_bias=False,
+            name=name,
+        )

@@ -1,0 +1,19 @@
+"""Bi-Real: ApproxSign activations, magnitude-aware weights, a real shortcut per conv.
+
+Liu, Wu, Luo, Yang, Liu, Cheng, "Bi-Real Net: Enhancing the Performance of 1-bit CNNs
+with Improved Representational Capability and Advanced Training Algorithm", ECCV 2018.
+Activations use the piecewise-polynomial ApproxSign backward, weights Larq's
+``magnitude_aware_sign`` (per-channel ``mean |w|``, folded into BN at export) and every
+binary conv of a block has its own real-valued shortcut.
+"""
+
+from zoo.schemes.base import LarqBinaryScheme
+
+
+class BiReal(LarqBinaryScheme):
+    name = "bireal"
+    method = "Bi-Real Net (ApproxSign, real shortcut per conv)"
+    paper = "Liu et al., Bi-Real Net, ECCV 2018"
+    shortcut_every_conv = True
+    input_quantizer = "approx_sign"
+    kernel_quantizer = "magnitude_aware_sign"
