@@ -10,4 +10,4 @@ if [ ! -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ]; then
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq dataset-fashion-mnist
 fi
-python -m pip install --quiet --progress-bar off -e ".[test]"
+python -m pip install --quiet --progress-bar off --root-user-action=ignore -e ".[test]"

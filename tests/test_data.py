@@ -209,6 +209,7 @@ def test_fashion_prefers_prepared_tfds_fashion_mnist(monkeypatch, tmp_path):
     with pytest.raises(data.DatasetNotFoundError):  # not prepared -> zoo build from source
         data.get_builder("fashion_mnist", data_dir=tmp_path, source_dir=tmp_path / "none")
     monkeypatch.setattr(ref_cls, "is_prepared", lambda self: True)
+    (tmp_path / "fashion_mnist").mkdir()  # a prepared TFDS dataset has its folder
     builder = data.get_builder("fashion_mnist", data_dir=tmp_path, source_dir=tmp_path / "none")
     assert builder.name == "fashion_mnist"
 

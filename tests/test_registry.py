@@ -107,4 +107,21 @@ def test_cli_reports_bad_input(capsys):
 def test_summary_is_larqs(capsys):
     zoo.summary(zoo.to_inference(zoo.load("xnor_resnet20", weights=None, input_shape=(28, 28, 1))))
     out = capsys.readouterr().out
-    assert "stage1_block1_conv1" in out and "Binarized" in out
+    assert "stage1_block1_conv1" in out and "Ratio of MACs that are binarized" in out
+
+
+def test_reported_numbers_come_with_their_source():
+    reported = zoo.info("bireal_resnet18_cifar")["reported"]
+    assert [r["top1"] for r in reported] == [54.92, 63.11, 63.81]
+    assert all("Table 3.3" in r["source"] and r["note"].startswith("widths=") for r in reported)
+    assert zoo.info("bnn_resnet20")["reported"] == []
+
+
+def test_keras_applications_style_functions():
+    from zoo import models
+
+    model = models.xnor_resnet20(include_top=True, weights=None, input_shape=(28, 28, 1), classes=3)
+    assert model.output_shape == (None, 3) and model.name == "xnor_resnet20"
+    assert "xnor_resnet20" in dir(models)
+    with pytest.raises(AttributeError, match="xnor_resnet20"):
+        models.xnor_resnet02

@@ -44,6 +44,10 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
     say = (lambda *a: None) if args.quiet else print
     verbose = 0 if args.quiet else 1
+    if args.quiet:
+        import tensorflow_datasets as tfds
+
+        tfds.disable_progress_bar()
 
     say(f"zoo {zoo.__version__}: {len(zoo.list_models())} models, e.g. {', '.join(zoo.list_models('*_resnet20'))}")
     details = zoo.info(args.model, input_shape=(28, 28, 1))

@@ -75,8 +75,8 @@ def cmd_info(args) -> int:
     if details["reported"]:
         print("\nReported results:")
         print(format_table(
-            [[r["dataset"], r["top1"], r["top5"] or "-", r["source"]] for r in details["reported"]],
-            ["dataset", "top-1", "top-5", "source"],
+            [[r["dataset"], r["top1"], r["top5"] or "-", r["note"] or "-", r["source"]] for r in details["reported"]],
+            ["dataset", "top-1", "top-5", "setting", "source"],
         ))
     print("\nPretrained weights:")
     if details["pretrained"]:

@@ -7,7 +7,9 @@ Activations use the piecewise-polynomial ApproxSign backward, weights Larq's
 binary conv of a block has its own real-valued shortcut.
 """
 
-from zoo.schemes.base import LarqBinaryScheme
+from zoo.schemes.base import LarqBinaryScheme, Reported
+
+_TABLE_3_3 = "BNN-book Table 3.3 (Bi-Real baseline of the RBCN ablation; methods.md §3.5)"
 
 
 class BiReal(LarqBinaryScheme):
@@ -17,3 +19,8 @@ class BiReal(LarqBinaryScheme):
     shortcut_every_conv = True
     input_quantizer = "approx_sign"
     kernel_quantizer = "magnitude_aware_sign"
+    reported = (
+        Reported("resnet18_cifar", "cifar100", 54.92, _TABLE_3_3, note="widths=(32, 32, 64, 128)"),
+        Reported("resnet18_cifar", "cifar100", 63.11, _TABLE_3_3, note="widths=(32, 64, 128, 256)"),
+        Reported("resnet18_cifar", "cifar100", 63.81, _TABLE_3_3, note="widths=(64, 64, 128, 256)"),
+    )
