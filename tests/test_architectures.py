@@ -49,22 +49,22 @@ def test_cifar_style_models_take_fashion_mnist_shape(name):
 
 def test_first_conv_and_last_dense_stay_float_and_block_convs_are_binary():
     model = zoo.load("bnn_resnet18_cifar", weights=None)
-    binary = [l.name for l in model.layers if isinstance(l, lq.layers.QuantConv2D)]
+    binary = [layer.name for layer in model.layers if isinstance(layer, lq.layers.QuantConv2D)]
     assert len(binary) == 16 + 3  # 3x3 block convs + binary 1x1 shortcuts (methods.md §1.6)
     assert type(model.get_layer("stem_conv")) is keras.layers.Conv2D
     assert type(model.get_layer("predictions")) is keras.layers.Dense
 
     imagenet = zoo.load("bnn_resnet18", weights=None, input_shape=(64, 64, 3))
-    shortcuts = [l for l in imagenet.layers if "shortcut_conv" in l.name]
-    assert len(shortcuts) == 3 and all(type(l) is keras.layers.Conv2D for l in shortcuts)
+    shortcuts = [layer for layer in imagenet.layers if "shortcut_conv" in layer.name]
+    assert len(shortcuts) == 3 and all(type(layer) is keras.layers.Conv2D for layer in shortcuts)
 
     fp = zoo.load("fp_resnet20", weights=None)
-    assert not any(isinstance(l, lq.layers.QuantConv2D) for l in fp.layers)
+    assert not any(isinstance(layer, lq.layers.QuantConv2D) for layer in fp.layers)
 
 
 def test_bireal_puts_a_shortcut_around_every_conv():
     def adds(name):
-        return sum(isinstance(l, keras.layers.Add) for l in zoo.load(name, weights=None).layers)
+        return sum(isinstance(layer, keras.layers.Add) for layer in zoo.load(name, weights=None).layers)
 
     assert adds("bnn_resnet20") == 9
     assert adds("bireal_resnet20") == 18

@@ -8,7 +8,7 @@ import zoo
 from helpers import randomize_batch_norms, random_pixels, relative_error
 from larq_compute_engine.tflite.python.interpreter import Interpreter
 from zoo import registry
-from zoo.export import convert_lce, op_histogram, to_inference
+from zoo.export import binary_exports, convert_lce, op_histogram, to_inference
 from zoo.schemes import BinaryExport, export_rule
 from zoo.schemes.base import conv_geometry
 
@@ -34,8 +34,8 @@ def test_export_parity_and_pm1_kernels(name):
     expected = model(x, training=False).numpy()
     assert relative_error(expected, inference(x, training=False).numpy()) <= 1e-4
 
-    binary = [l for l in inference.layers if isinstance(l, lq.layers.QuantConv2D)]
-    assert binary and len(binary) == sum(isinstance(l, lq.layers.QuantConv2D) for l in model.layers)
+    binary = [layer for layer in inference.layers if isinstance(layer, lq.layers.QuantConv2D)]
+    assert binary and len(binary) == len(binary_exports(model))
     for layer in binary:
         kernel = layer.get_weights()[0]
         assert set(np.unique(kernel)) <= {-1.0, 1.0}, layer.name
@@ -84,7 +84,8 @@ def test_negative_scales_fold_through_max_pooling():
     )
     randomize_batch_norms(model, seed=3)
     inference = to_inference(model)
-    assert [type(l).__name__ for l in inference.layers[1:]] == ["QuantConv2D", "MaxPooling2D", "BatchNormalization"]
+    kinds = [type(layer).__name__ for layer in inference.layers[1:]]
+    assert kinds == ["QuantConv2D", "MaxPooling2D", "BatchNormalization"]
     x = np.random.default_rng(1).normal(size=(16, 8, 8, 3)).astype(np.float32)
     assert relative_error(model(x).numpy(), inference(x).numpy()) <= 1e-5
     np.testing.assert_array_equal(inference.get_layer("bn").get_weights()[2], 0.0)
@@ -100,15 +101,17 @@ def test_a_scale_without_a_following_batch_norm_is_an_error():
 @pytest.mark.parametrize("name", BINARY_MODELS)
 def test_lce_converts_every_binary_conv_to_bconv(name):
     model = zoo.load(name, weights=None, input_shape=small_input(name))
-    binary_convs = sum(isinstance(l, lq.layers.QuantConv2D) for l in model.layers)
-    float_convs = sum(type(l) is keras.layers.Conv2D for l in model.layers)
+    binary_convs = len(binary_exports(model))
+    float_convs = sum(type(layer) is keras.layers.Conv2D for layer in model.layers)
     ops = op_histogram(convert_lce(model))
     assert ops["LceBconv2d"] == binary_convs
     assert ops.get("CONV_2D", 0) == float_convs
     assert ops["FULLY_CONNECTED"] == 1
 
 
-@pytest.mark.parametrize("name", ["bnn_resnet18", "xnor_resnet20", "bireal_vgg_small", "bireal_resnet18_cifar"])
+@pytest.mark.parametrize(
+    "name", ["bnn_resnet18", "xnor_resnet20", "bireal_vgg_small", "bireal_resnet18_cifar", "rbnn_resnet20"]
+)
 def test_lce_interpreter_agrees_with_the_exported_model(name, fashion_mnist_data_dir):
     shape = small_input(name)
     model = build_trained_looking(name)

@@ -160,7 +160,8 @@ def test_mismatching_weights_name_the_first_bad_layer_and_change_nothing(trained
 
     other = zoo.load("bnn_vgg_small", weights=None, input_shape=(28, 28, 1))
     before = [w.copy() for w in other.get_weights()]
-    with pytest.raises(loading.WeightsMismatchError, match="'stem_conv'.*\\(3, 3, 1, 16\\) for kernel, the model needs \\(3, 3, 1, 128\\)"):
+    expected = "'stem_conv'.*\\(3, 3, 1, 16\\) for kernel, the model needs \\(3, 3, 1, 128\\)"
+    with pytest.raises(loading.WeightsMismatchError, match=expected):
         loading.load_weights(other, path)
     for a, b in zip(before, other.get_weights()):
         np.testing.assert_array_equal(a, b)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import tempfile
 import time
@@ -61,7 +60,7 @@ def main(argv=None) -> dict:
 
     model = zoo.load(args.model, weights=None, input_shape=(28, 28, 1), classes=10,
                      input_mean=[FASHION_MNIST_MEAN], input_std=[FASHION_MNIST_STD])
-    model.compile(keras.optimizers.Adam(1e-3), "sparse_categorical_crossentropy", metrics=["accuracy"])
+    model.compile(keras.optimizers.Adam(1e-2), "sparse_categorical_crossentropy", metrics=["accuracy"])
     start = time.perf_counter()
     model.fit(train, epochs=args.epochs, verbose=verbose)
     train_seconds = time.perf_counter() - start

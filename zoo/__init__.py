@@ -7,10 +7,11 @@
 """
 
 from zoo import _env  # noqa: F401  (must precede every TensorFlow import)
+from zoo import models, optimizers
 from zoo.export import to_inference
 from zoo.loading import load
 from zoo.profile import info, summary
-from zoo.registry import list_models, pretrained_entries, register_architecture, register_scheme
+from zoo.registry import callbacks, list_models, pretrained_entries, register_architecture, register_scheme
 
 __version__ = "0.1.0"
 
@@ -24,10 +25,13 @@ def __getattr__(name):
     raise AttributeError(f"module 'zoo' has no attribute {name!r}")
 
 __all__ = [
+    "callbacks",
     "info",
     "list_models",
     "load",
     "load_dataset",
+    "models",
+    "optimizers",
     "pretrained_entries",
     "register_architecture",
     "register_scheme",

@@ -87,22 +87,23 @@ _ARCHITECTURES: dict[str, Architecture] = {}
 
 
 def register_scheme(scheme: Scheme) -> None:
-    """Adds ``<scheme>_<arch>`` for every registered architecture."""
+    """Adds ``<scheme>_<arch>`` for every registered architecture open to the scheme."""
     _SCHEMES[scheme.name] = scheme
     for arch in _ARCHITECTURES.values():
-        _add(ModelSpec(f"{scheme.name}_{arch.name}", arch, scheme))
+        _pair(scheme, arch)
 
 
-def register_architecture(arch: Architecture, schemes: tuple[str, ...] | None = None) -> None:
-    """Adds ``<scheme>_<arch>`` for every registered scheme (or only the named ones)."""
+def register_architecture(arch: Architecture) -> None:
+    """Adds ``<scheme>_<arch>`` for every registered scheme (``arch.schemes`` limits them)."""
     _ARCHITECTURES[arch.name] = arch
     for scheme in _SCHEMES.values():
-        if schemes is None or scheme.name in schemes:
-            _add(ModelSpec(f"{scheme.name}_{arch.name}", arch, scheme))
+        _pair(scheme, arch)
 
 
-def _add(spec: ModelSpec) -> None:
-    _MODELS[spec.name] = spec
+def _pair(scheme: Scheme, arch: Architecture) -> None:
+    if arch.schemes is None or scheme.name in arch.schemes:
+        spec = ModelSpec(f"{scheme.name}_{arch.name}", arch, scheme)
+        _MODELS[spec.name] = spec
 
 
 def get_model_spec(name: str) -> ModelSpec:
@@ -115,6 +116,13 @@ def get_model_spec(name: str) -> ModelSpec:
             f"Unknown model {name!r}.{hint} `zoo.list_models()` lists all "
             f"{len(_MODELS)} models."
         ) from None
+
+
+def callbacks(name: str, epochs: int) -> list:
+    """The per-epoch machinery a model's method needs during ``fit`` (RBNN: rotation
+    update and sign schedule; none for the baselines):
+    ``model.fit(data, epochs=E, callbacks=zoo.callbacks(name, E))``."""
+    return get_model_spec(name).scheme.callbacks(epochs)
 
 
 def list_models(pattern: str = "*", pretrained: bool = False) -> list[str]:

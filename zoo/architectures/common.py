@@ -23,6 +23,8 @@ class Architecture:
     default_input_shape: tuple[int, int, int]
     default_classes: int
     min_input_size: int
+    #: the schemes it is registered for (None: every scheme)
+    schemes: tuple[str, ...] | None = None
 
 
 def check_input_shape(input_shape, arch: Architecture) -> tuple[int, int, int]:

@@ -68,6 +68,7 @@ def build_resnet(
     blocks_per_stage,
     widths,
     shortcut_kind: str,
+    shortcut_every_conv: bool | None = None,
     include_top=True,
     input_shape=None,
     classes=None,
@@ -92,6 +93,8 @@ def build_resnet(
 
     # The ImageNet layout has a shortcut around every conv whatever the scheme.
     every_conv = stem == "imagenet" or scheme.shortcut_every_conv
+    if shortcut_every_conv is not None:
+        every_conv = shortcut_every_conv
     for stage, (blocks, filters) in enumerate(zip(blocks_per_stage, widths), start=1):
         for block in range(1, blocks + 1):
             strides = 2 if stage > 1 and block == 1 else 1
@@ -139,6 +142,14 @@ def resnet20(scheme, **kwargs):
     )
 
 
+def resnet20_bireal(scheme, **kwargs):
+    """ResNet-20 with a shortcut around every conv (RBNN's ``resnet20_bireal_1w1a``, §1.7b)."""
+    return build_resnet(
+        scheme, RESNET20_BIREAL, stem="cifar_act", blocks_per_stage=(3, 3, 3),
+        widths=(16, 32, 64), shortcut_kind="option_a", shortcut_every_conv=True, **kwargs,
+    )
+
+
 RESNET18 = Architecture(
     "resnet18", resnet18, "ResNet (ImageNet-style)",
     "ResNet-18, 7x7 stem, Bi-Real layout, float 1x1 downsampling", (224, 224, 3), 1000, 32,
@@ -154,4 +165,9 @@ RESNET18_CIFAR = Architecture(
 RESNET20 = Architecture(
     "resnet20", resnet20, "ResNet (CIFAR-style)",
     "ResNet-20 (16-32-64), option-A shortcuts", (32, 32, 3), 10, 8,
+)
+RESNET20_BIREAL = Architecture(
+    "resnet20_bireal", resnet20_bireal, "ResNet (CIFAR-style)",
+    "ResNet-20 (16-32-64), a shortcut around every conv (RBNN's Bi-Real variant)",
+    (32, 32, 3), 10, 8, schemes=("rbnn",),
 )

@@ -4,8 +4,9 @@ from zoo.schemes.base import BinaryExport, Reported, Scheme, export_rule
 from zoo.schemes.bireal import BiReal
 from zoo.schemes.bnn import BNN
 from zoo.schemes.fp import FullPrecision
+from zoo.schemes.rbnn import RBNN
 from zoo.schemes.xnor import XNOR
 
-SCHEMES: tuple[Scheme, ...] = (FullPrecision(), BNN(), XNOR(), BiReal())
+SCHEMES: tuple[Scheme, ...] = (FullPrecision(), BNN(), XNOR(), BiReal(), RBNN())
 
 __all__ = ["SCHEMES", "BinaryExport", "Reported", "Scheme", "export_rule"]

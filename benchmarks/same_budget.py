@@ -1,0 +1,53 @@
+"""Same-budget comparison on real Fashion-MNIST: models trained with one recipe, one
+data budget, one seed; best and final test accuracy of each.
+
+    python benchmarks/same_budget.py rbnn_resnet20 bnn_resnet20 fp_resnet20 --epochs 2 --train-images 15000
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from common import markdown_table, write_results  # noqa: E402
+from training.rbnn import train  # noqa: E402
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("models", nargs="+")
+    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--train-images", type=int, default=15_000)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--data-dir", default=None)
+    parser.add_argument("--name", default=None, help="results file name")
+    parser.add_argument("--quiet", action="store_true")
+    args = parser.parse_args(argv)
+
+    reports = {}
+    for name in args.models:
+        _, report = train(
+            name, "fashion_mnist", epochs=args.epochs, batch_size=args.batch_size,
+            data_dir=args.data_dir, train_images=args.train_images, verbose=0 if args.quiet else 2,
+        )
+        reports[name] = report
+        best, seconds = report["best_val_accuracy"], report["train_seconds"]
+        print(f"{name}: best test accuracy {best:.4f} in {seconds} s", flush=True)
+
+    rows = [[n, f"{r['best_val_accuracy']:.2%}", f"{r['final_val_accuracy']:.2%}", r["train_seconds"]]
+            for n, r in reports.items()]
+    command = "python benchmarks/same_budget.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    table = markdown_table(rows, ["model", "best test accuracy", "final test accuracy", "train seconds"])
+    table += (f"\n\nReal Fashion-MNIST (10 000 test images), {args.epochs} epochs x {args.train_images} "
+              f"training images, batch {args.batch_size}, the RBNN recipe for all (SGD 0.9, lr 0.1 cosine, "
+              f"coupled weight decay 1e-4).\n\n`{command}`")
+    name = args.name or "same_budget_" + "_vs_".join(args.models)
+    write_results(name, {"command": command, "reports": reports}, table)
+
+
+if __name__ == "__main__":
+    main()

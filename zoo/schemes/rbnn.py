@@ -1,0 +1,362 @@
+"""RBNN — Rotated Binary Neural Network (methods.md §1), all of it in one place.
+
+Lin, Ji, Xu, Zhang, Wang, Wu, Huang, Lin, "Rotated Binary Neural Network", NeurIPS 2020
+(arXiv 2009.13055); reference code lmbxmu/RBNN.
+
+Binarizing ``w`` leaves an angular error no scale removes. RBNN rotates each output
+channel's standardized weight vector with a bi-rotation ``R = R1 ⊗ R2`` (two small
+orthogonal matrices shared by the layer, fitted once per epoch in closed form, not by
+SGD) towards a vertex of the hypercube, mixes rotated and unrotated weights with a
+learned per-channel ``|sin θ|``, and back-propagates through ``sign`` with an
+epoch-dependent smooth approximation. This module holds:
+
+* :class:`RBNNSign` — the training-aware sign (forward ``sign``, backward
+  ``k·max(0, √2·t − t²|x|)``) as a Larq quantizer whose ``t``, ``k`` are layer state;
+* :class:`RBNNConv2D` — the conv of §1.3 (weight standardization, bi-rotation,
+  adjustable rotated weight, per-channel scale α, per-sample activation centring);
+* :class:`RotationUpdate` and :class:`SignSchedule` — the per-epoch callbacks (§1.4,
+  §1.5); :meth:`RBNN.callbacks` gives both;
+* the export rule: ``sign(w̃)`` as the ±1 kernel, α folded into the following BN, and
+  the activation centring kept as a :class:`CenterActivations` pre-op (§1.10).
+
+Deviations, each a [choice] of methods.md: ε = 1e-8 / 1e-5 in the weight / activation
+std; rotations updated persistently every epoch (the reference's 4-GPU ImageNet runs
+lost them, §1.4); binary convs pad with +1 (LCE's fast path, §0.4) rather than 0; BN
+initialisation is the zoo's (γ = 1) rather than the reference's per-architecture choice.
+"""
+
+from __future__ import annotations
+
+import math
+
+import larq as lq
+import numpy as np
+import tensorflow as tf
+import tf_keras as keras
+
+from zoo.schemes.base import BinaryExport, Reported, Scheme, conv_initializer, export_rule
+
+T_MIN, T_MAX = 1e-2, 1e1
+WEIGHT_STD_EPS = 1e-8
+ACTIVATION_STD_EPS = 1e-5
+ROTATION_SWEEPS = 3
+_SQRT2 = math.sqrt(2.0)
+
+_README = "RBNN-README (paper data), methods.md §1.9"
+
+
+def sign_schedule(epoch: int, epochs: int) -> dict[str, float]:
+    """``t``, ``k`` for weights and activations at the start of ``epoch`` (§1.5)."""
+    log_t = math.log10(T_MIN) + (math.log10(T_MAX) - math.log10(T_MIN)) * epoch / epochs
+    t = 10.0**log_t
+    return {"t_weights": t, "k_weights": max(1.0 / t, 1.0), "t_activations": max(t, 1.0), "k_activations": 1.0}
+
+
+@tf.custom_gradient
+def rbnn_sign(x, t, k):
+    """``sign`` (with sign(0) = +1, as Larq and LCE) whose backward is ``F'`` of §1.5."""
+
+    def grad(dy):
+        surrogate = k * tf.maximum(0.0, _SQRT2 * t - t * t * tf.abs(x))
+        return dy * surrogate, tf.zeros_like(t), tf.zeros_like(k)
+
+    return tf.where(x >= 0, tf.ones_like(x), -tf.ones_like(x)), grad
+
+
+@keras.utils.register_keras_serializable(package="zoo")
+class RBNNSign(lq.quantizers.Quantizer):
+    """The training-aware sign as a Larq quantizer; ``t`` and ``k`` are its state.
+
+    They start at epoch 0's values and are set each epoch by :class:`SignSchedule`;
+    being weights, they are saved and restored with the model (a resumed run keeps its
+    schedule position).
+    """
+
+    precision = 1
+
+    def __init__(self, for_weights: bool = True, **kwargs):
+        super().__init__(**kwargs)
+        self.for_weights = for_weights
+
+    def build(self, input_shape):
+        start = sign_schedule(0, 1)
+        kind = "weights" if self.for_weights else "activations"
+        self.t = self.add_weight("t", (), initializer=keras.initializers.Constant(start[f"t_{kind}"]),
+                                 trainable=False)
+        self.k = self.add_weight("k", (), initializer=keras.initializers.Constant(start[f"k_{kind}"]),
+                                 trainable=False)
+        super().build(input_shape)
+
+    def call(self, inputs):
+        return rbnn_sign(inputs, tf.convert_to_tensor(self.t), tf.convert_to_tensor(self.k))
+
+    def get_config(self):
+        return {**super().get_config(), "for_weights": self.for_weights}
+
+
+def rotation_shape(n: int) -> tuple[int, int]:
+    """``(a, b)``: ``a`` the largest divisor of ``n`` with ``a ≤ ⌊√n⌋``, ``b = n / a``."""
+    a = max(d for d in range(1, math.isqrt(n) + 1) if n % d == 0)
+    return a, n // a
+
+
+def unbiased_std(centered, axis):
+    """The std of already centred values over ``axis``, divided by n − 1 as PyTorch's."""
+    n = tf.cast(tf.reduce_prod(tf.gather(tf.shape(centered), axis)), centered.dtype)
+    return tf.sqrt(tf.reduce_sum(tf.square(centered), axis=axis, keepdims=True) / (n - 1.0))
+
+
+def standardize_rows(w):
+    """Per-row ``(w − mean) / (unbiased std + ε)`` (§1.3 step 1)."""
+    centered = w - tf.reduce_mean(w, axis=1, keepdims=True)
+    return centered / (unbiased_std(centered, [1]) + WEIGHT_STD_EPS)
+
+
+def center_per_sample(x):
+    return x - tf.reduce_mean(x, axis=[1, 2, 3], keepdims=True)
+
+
+@keras.utils.register_keras_serializable(package="zoo")
+class CenterActivations(keras.layers.Layer):
+    """``x − mean_{HWC}(x)`` per sample: RBNN's activation centring, kept at inference."""
+
+    def call(self, inputs):
+        return center_per_sample(inputs)
+
+
+@keras.utils.register_keras_serializable(package="zoo")
+class RBNNConv2D(keras.layers.Layer):
+    """The RBNN binary conv (methods.md §1.3, pseudo-code §1.11), NHWC / HWIO.
+
+    Variables: ``kernel`` (HWIO, trainable), ``alpha`` and ``theta`` (per output
+    channel, trainable; θ starts at π/2 in float32, so the latent weights get no task
+    gradient until weight decay on θ and the rotations unlock them — keep it so),
+    ``r1`` (a×a) and ``r2`` (b×b), orthogonal, non-trainable, set by
+    :class:`RotationUpdate`. The kernel is flattened per output channel in the
+    reference order ``(C_in, kh, kw)`` so ported weights give the same binary kernels.
+    """
+
+    def __init__(
+        self,
+        filters: int,
+        kernel_size,
+        strides=1,
+        padding: str = "same",
+        pad_values: float = 1.0,
+        center_activations: bool = True,
+        kernel_initializer=None,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.filters = int(filters)
+        self.kernel_size = tuple(np.broadcast_to(kernel_size, 2).tolist())
+        self.strides = tuple(np.broadcast_to(strides, 2).tolist())
+        if padding not in ("same", "valid"):
+            raise ValueError(f"{self.name}: padding must be 'same' or 'valid', got {padding!r}")
+        self.padding = padding
+        self.pad_values = float(pad_values)
+        self.center_activations = bool(center_activations)
+        self.kernel_initializer = keras.initializers.get(kernel_initializer or conv_initializer())
+        self.input_quantizer = RBNNSign(for_weights=False, name="activation_sign")
+        self.kernel_quantizer = RBNNSign(for_weights=True, name="weight_sign")
+
+    def build(self, input_shape):
+        channels = int(input_shape[-1])
+        kh, kw = self.kernel_size
+        self.rotation_shape = rotation_shape(channels * kh * kw)
+        a, b = self.rotation_shape
+        self.kernel = self.add_weight("kernel", (kh, kw, channels, self.filters),
+                                      initializer=self.kernel_initializer)
+        self.alpha = self.add_weight("alpha", (self.filters,), initializer="ones")
+        self.alpha.assign(tf.reduce_mean(tf.abs(self.kernel), axis=[0, 1, 2]))
+        self.theta = self.add_weight(
+            "theta", (self.filters,), initializer=keras.initializers.Constant(np.float32(np.pi / 2))
+        )
+        self.r1 = self.add_weight("r1", (a, a), initializer=keras.initializers.Orthogonal(), trainable=False)
+        self.r2 = self.add_weight("r2", (b, b), initializer=keras.initializers.Orthogonal(), trainable=False)
+        self.input_quantizer.build(input_shape)
+        self.kernel_quantizer.build(input_shape)
+        super().build(input_shape)
+
+    # -- the weights ------------------------------------------------------------------
+    def standardized_weights(self):
+        """``X_i`` of §1.3 step 2: standardized weights, shape ``(C_out, a, b)``."""
+        rows = tf.reshape(tf.transpose(self.kernel, [3, 2, 0, 1]), [self.filters, -1])
+        return tf.reshape(standardize_rows(rows), [self.filters, *self.rotation_shape])
+
+    def mixed_weights(self):
+        """``w̃ = (1 − |sin θ|)·X + |sin θ|·sg(R1ᵀ X R2)`` of §1.3 steps 3–4."""
+        x = self.standardized_weights()
+        rotated = tf.matmul(self.r1, x, transpose_a=True) @ self.r2
+        s = tf.abs(tf.sin(self.theta))[:, None, None]
+        return x + s * (tf.stop_gradient(rotated) - x)
+
+    def _to_hwio(self, weights):
+        kh, kw = self.kernel_size
+        oihw = tf.reshape(weights, [self.filters, -1, kh, kw])
+        return tf.transpose(oihw, [2, 3, 1, 0])
+
+    # -- the forward --------------------------------------------------------------------
+    def _standardize_input(self, x):
+        if not self.center_activations:
+            return x
+        centered = center_per_sample(x)
+        return centered / (unbiased_std(centered, [1, 2, 3]) + ACTIVATION_STD_EPS)
+
+    def _pad(self, x):
+        if self.padding == "valid":
+            return x
+        pads = [[0, 0]]
+        for size, stride, k in zip(x.shape[1:3], self.strides, self.kernel_size):
+            out = -(-size // stride)
+            total = max((out - 1) * stride + k - size, 0)
+            pads.append([total // 2, total - total // 2])
+        return tf.pad(x, pads + [[0, 0]], constant_values=self.pad_values)
+
+    def call(self, inputs):
+        activations = self.input_quantizer(self._standardize_input(inputs))
+        kernel = self._to_hwio(self.kernel_quantizer(self.mixed_weights()))
+        y = tf.nn.conv2d(self._pad(activations), kernel, self.strides, "VALID")
+        return y * self.alpha
+
+    def compute_output_shape(self, input_shape):
+        shape = tf.TensorShape(input_shape).as_list()
+        spatial = []
+        for size, stride, k in zip(shape[1:3], self.strides, self.kernel_size):
+            if size is None:
+                spatial.append(None)
+            else:
+                spatial.append(-(-size // stride) if self.padding == "same" else (size - k) // stride + 1)
+        return tf.TensorShape([shape[0], *spatial, self.filters])
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "filters": self.filters,
+            "kernel_size": self.kernel_size,
+            "strides": self.strides,
+            "padding": self.padding,
+            "pad_values": self.pad_values,
+            "center_activations": self.center_activations,
+            "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
+        }
+
+
+# -- per-epoch machinery ---------------------------------------------------------------
+def rbnn_layers(model: keras.Model) -> list[RBNNConv2D]:
+    return [layer for layer in model.layers if isinstance(layer, RBNNConv2D)]
+
+
+def rotate(x: np.ndarray, r1: np.ndarray, r2: np.ndarray) -> np.ndarray:
+    """``R1ᵀ X_i R2`` for every output channel i (batched matmuls)."""
+    return r1.T @ x @ r2
+
+
+def rotation_objective(x: np.ndarray, r1: np.ndarray, r2: np.ndarray) -> float:
+    """``Σ_i tr(B_iᵀ R1ᵀ X_i R2)`` with ``B_i = sign(R1ᵀ X_i R2)`` (§1.4, to maximise)."""
+    return float(np.sum(np.abs(rotate(x, r1, r2))))
+
+
+def fit_rotations(x: np.ndarray, r1: np.ndarray, r2: np.ndarray, sweeps: int = ROTATION_SWEEPS):
+    """The alternating sign / orthogonal-Procrustes sweeps of §1.4 (float64)."""
+    for _ in range(sweeps):
+        b = np.where(rotate(x, r1, r2) >= 0, 1.0, -1.0)
+        u, _, vt = np.linalg.svd(np.sum(x @ r2 @ b.transpose(0, 2, 1), axis=0))  # Σ X R2 Bᵀ
+        r1 = u @ vt
+        u, _, vt = np.linalg.svd(np.sum(x.transpose(0, 2, 1) @ r1 @ b, axis=0))  # Σ Xᵀ R1 B
+        r2 = u @ vt
+    return r1, r2
+
+
+class RotationUpdate(keras.callbacks.Callback):
+    """Fits every RBNN layer's R1, R2 at the start of each epoch (§1.4).
+
+    After each update it logs ``rbnn_sign_flips``: the fraction of binary weights
+    whose sign the rotation flips relative to the unrotated standardized weights.
+    """
+
+    def __init__(self, sweeps: int = ROTATION_SWEEPS):
+        super().__init__()
+        self.sweeps = sweeps
+        self.sign_flips: float | None = None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.sign_flips = update_rotations(self.model, self.sweeps)
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None and self.sign_flips is not None:
+            logs["rbnn_sign_flips"] = self.sign_flips
+
+
+def update_rotations(model: keras.Model, sweeps: int = ROTATION_SWEEPS) -> float | None:
+    """Runs the rotation update on every RBNN layer; returns the flipped-sign fraction."""
+    flipped = total = 0
+    for layer in rbnn_layers(model):
+        x = layer.standardized_weights().numpy().astype(np.float64)
+        r1, r2 = fit_rotations(x, layer.r1.numpy().astype(np.float64), layer.r2.numpy().astype(np.float64), sweeps)
+        layer.r1.assign(r1.astype(np.float32))
+        layer.r2.assign(r2.astype(np.float32))
+        flipped += int(np.sum((rotate(x, r1, r2) >= 0) != (x >= 0)))
+        total += x.size
+    return flipped / total if total else None
+
+
+class SignSchedule(keras.callbacks.Callback):
+    """Sets every RBNN layer's sign-approximation ``t``, ``k`` each epoch (§1.5)."""
+
+    def __init__(self, epochs: int):
+        super().__init__()
+        self.epochs = int(epochs)
+
+    def on_epoch_begin(self, epoch, logs=None):
+        values = sign_schedule(epoch, self.epochs)
+        for layer in rbnn_layers(self.model):
+            layer.kernel_quantizer.t.assign(values["t_weights"])
+            layer.kernel_quantizer.k.assign(values["k_weights"])
+            layer.input_quantizer.t.assign(values["t_activations"])
+            layer.input_quantizer.k.assign(values["k_activations"])
+
+
+# -- export -----------------------------------------------------------------------------
+@export_rule(RBNNConv2D)
+def export_rbnn_conv(layer: RBNNConv2D) -> BinaryExport:
+    """±1 kernel ``sign(w̃)``, scale α, and the centring pre-op (§1.10)."""
+    kernel = layer._to_hwio(tf.where(layer.mixed_weights() >= 0, 1.0, -1.0)).numpy()
+    pre = (CenterActivations(name=f"{layer.name}_center"),) if layer.center_activations else ()
+    return BinaryExport(
+        kernel=kernel.astype(np.float32),
+        scale=layer.alpha.numpy(),
+        conv_kwargs=dict(
+            filters=layer.filters,
+            kernel_size=layer.kernel_size,
+            strides=layer.strides,
+            padding=layer.padding,
+            pad_values=layer.pad_values,
+        ),
+        pre_layers=pre,
+    )
+
+
+class RBNN(Scheme):
+    name = "rbnn"
+    method = "RBNN (bi-rotation, training-aware sign)"
+    paper = "Lin et al., Rotated Binary Neural Network, NeurIPS 2020"
+    activation = "hardtanh"
+    reported = (
+        Reported("resnet18_cifar", "cifar10", 92.2, _README),
+        Reported("resnet20", "cifar10", 86.5, _README),
+        Reported("resnet20_bireal", "cifar10", 87.8, _README),
+        Reported("vgg_small", "cifar10", 91.3, _README),
+        Reported("resnet18", "imagenet2012", 59.9, _README, top5=81.9),
+        Reported("resnet34", "imagenet2012", 63.1, _README, top5=84.4),
+    )
+
+    def __init__(self, center_activations: bool = True):
+        self.center_activations = center_activations
+
+    def conv(self, filters, kernel_size, strides=1, name=None):
+        return RBNNConv2D(filters, kernel_size, strides, pad_values=self.pad_values,
+                          center_activations=self.center_activations, name=name)
+
+    def callbacks(self, epochs: int) -> list:
+        return [RotationUpdate(), SignSchedule(epochs)]
