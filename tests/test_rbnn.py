@@ -229,3 +229,19 @@ def test_recipe_entry_point_trains_and_reports_json(fashion_mnist_data_dir, caps
     report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert report["model"] == "rbnn_resnet20" and report["recipe"]["epochs"] == 1
     assert 0.0 <= report["best_val_accuracy"] <= 1.0 and report["train_images_per_epoch"] == 256
+
+
+def test_rotations_and_schedule_position_travel_with_the_weights_file(tmp_path):
+    model = zoo.load("rbnn_resnet20", weights=None, input_shape=(28, 28, 1))
+    rbnn.update_rotations(model)
+    schedule = rbnn.SignSchedule(epochs=10)
+    schedule.set_model(model)
+    schedule.on_epoch_begin(7)
+    model.save_weights(tmp_path / "rbnn.h5")
+
+    loaded = zoo.load("rbnn_resnet20", weights=str(tmp_path / "rbnn.h5"), input_shape=(28, 28, 1))
+    for original, restored in zip(rbnn.rbnn_layers(model), rbnn.rbnn_layers(loaded)):
+        np.testing.assert_array_equal(original.r1.numpy(), restored.r1.numpy())
+        assert restored.kernel_quantizer.t.numpy() == pytest.approx(rbnn.sign_schedule(7, 10)["t_weights"])
+    x = random_pixels((28, 28, 1))
+    np.testing.assert_array_equal(model(x).numpy(), loaded(x).numpy())

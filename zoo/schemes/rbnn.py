@@ -81,9 +81,10 @@ class RBNNSign(lq.quantizers.Quantizer):
     def build(self, input_shape):
         start = sign_schedule(0, 1)
         kind = "weights" if self.for_weights else "activations"
-        self.t = self.add_weight("t", (), initializer=keras.initializers.Constant(start[f"t_{kind}"]),
+        # Names unique within the conv layer that owns both quantizers (HDF5 saving needs it).
+        self.t = self.add_weight(f"t_{kind}", (), initializer=keras.initializers.Constant(start[f"t_{kind}"]),
                                  trainable=False)
-        self.k = self.add_weight("k", (), initializer=keras.initializers.Constant(start[f"k_{kind}"]),
+        self.k = self.add_weight(f"k_{kind}", (), initializer=keras.initializers.Constant(start[f"k_{kind}"]),
                                  trainable=False)
         super().build(input_shape)
 
