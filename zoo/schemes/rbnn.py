@@ -204,13 +204,16 @@ class RBNNConv2D(keras.layers.Layer):
         centered = center_per_sample(x)
         return centered / (unbiased_std(centered, [1, 2, 3]) + ACTIVATION_STD_EPS)
 
+    def _output_size(self, size, stride, k):
+        return -(-size // stride) if self.padding == "same" else (size - k) // stride + 1
+
     def _pad(self, x):
+        """TF "same" padding with ``pad_values`` (after binarization, as LCE pads)."""
         if self.padding == "valid":
             return x
         pads = [[0, 0]]
         for size, stride, k in zip(x.shape[1:3], self.strides, self.kernel_size):
-            out = -(-size // stride)
-            total = max((out - 1) * stride + k - size, 0)
+            total = max((self._output_size(size, stride, k) - 1) * stride + k - size, 0)
             pads.append([total // 2, total - total // 2])
         return tf.pad(x, pads + [[0, 0]], constant_values=self.pad_values)
 
@@ -222,12 +225,10 @@ class RBNNConv2D(keras.layers.Layer):
 
     def compute_output_shape(self, input_shape):
         shape = tf.TensorShape(input_shape).as_list()
-        spatial = []
-        for size, stride, k in zip(shape[1:3], self.strides, self.kernel_size):
-            if size is None:
-                spatial.append(None)
-            else:
-                spatial.append(-(-size // stride) if self.padding == "same" else (size - k) // stride + 1)
+        spatial = [
+            None if size is None else self._output_size(size, stride, k)
+            for size, stride, k in zip(shape[1:3], self.strides, self.kernel_size)
+        ]
         return tf.TensorShape([shape[0], *spatial, self.filters])
 
     def get_config(self):
@@ -322,7 +323,7 @@ class SignSchedule(keras.callbacks.Callback):
 @export_rule(RBNNConv2D)
 def export_rbnn_conv(layer: RBNNConv2D) -> BinaryExport:
     """±1 kernel ``sign(w̃)``, scale α, and the centring pre-op (§1.10)."""
-    kernel = layer._to_hwio(tf.where(layer.mixed_weights() >= 0, 1.0, -1.0)).numpy()
+    kernel = layer._to_hwio(layer.kernel_quantizer(layer.mixed_weights())).numpy()  # the forward's own sign
     pre = (CenterActivations(name=f"{layer.name}_center"),) if layer.center_activations else ()
     return BinaryExport(
         kernel=kernel.astype(np.float32),
