@@ -1,7 +1,11 @@
 """Same-budget comparison on real Fashion-MNIST: models trained with one recipe, one
 data budget, one seed; best and final test accuracy of each.
 
-    python benchmarks/same_budget.py rbnn_resnet20 bnn_resnet20 fp_resnet20 --epochs 2 --train-images 15000
+    python benchmarks/same_budget.py rbnn_resnet20 bnn_resnet20 fp_resnet20 --recipe rbnn \
+        --epochs 2 --train-images 15000
+
+``--recipe METHOD`` trains every model with that method's optimizer and schedule (the
+method's own layers, losses and callbacks come with its models).
 """
 
 from __future__ import annotations
@@ -14,12 +18,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from common import markdown_table, write_results  # noqa: E402
-from training.rbnn import train  # noqa: E402
+from training.loop import train  # noqa: E402
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("models", nargs="+")
+    parser.add_argument("--recipe", required=True, help="the method whose recipe every model trains with")
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--train-images", type=int, default=15_000)
     parser.add_argument("--batch-size", type=int, default=64)
@@ -31,7 +36,7 @@ def main(argv=None):
     reports = {}
     for name in args.models:
         _, report = train(
-            name, "fashion_mnist", epochs=args.epochs, batch_size=args.batch_size,
+            name, "fashion_mnist", method=args.recipe, epochs=args.epochs, batch_size=args.batch_size,
             data_dir=args.data_dir, train_images=args.train_images, verbose=0 if args.quiet else 2,
         )
         reports[name] = report
@@ -43,8 +48,8 @@ def main(argv=None):
     command = "python benchmarks/same_budget.py " + " ".join(argv if argv is not None else sys.argv[1:])
     table = markdown_table(rows, ["model", "best test accuracy", "final test accuracy", "train seconds"])
     table += (f"\n\nReal Fashion-MNIST (10 000 test images), {args.epochs} epochs x {args.train_images} "
-              f"training images, batch {args.batch_size}, the RBNN recipe for all (SGD 0.9, lr 0.1 cosine, "
-              f"coupled weight decay 1e-4).\n\n`{command}`")
+              f"training images, batch {args.batch_size}, the {args.recipe} recipe for all "
+              f"({reports[args.models[0]]['recipe']}).\n\n`{command}`")
     name = args.name or "same_budget_" + "_vs_".join(args.models)
     write_results(name, {"command": command, "reports": reports}, table)
 

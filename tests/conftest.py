@@ -1,7 +1,21 @@
 """Shared pytest fixtures."""
 
+import os
+
 import pytest
 import zoo  # noqa: F401  (first: it selects Keras 2 before any test module imports larq)
+
+
+def pytest_configure(config):
+    """Under pytest-xdist each worker gets an equal share of the cores: TensorFlow's
+    default thread pools per worker would oversubscribe them."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0"))
+    if workers > 1:
+        import tensorflow as tf
+
+        threads = max(1, (os.cpu_count() or 1) // workers)
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(threads)
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,104 @@
+"""What every method's recipe provides, the default recipe, and the lookup by model name.
+
+A recipe is a method's training settings: optimizer, learning-rate schedule, per-epoch
+callbacks, and optionally a wrapper around the model for a custom ``train_step``
+(distillation, adversarial training). ``training.<scheme name>`` modules define a
+``RECIPE`` class for methods with their own settings; other models get :class:`Recipe`.
+
+The default recipe is the common setting of this line of work on CIFAR-style data:
+SGD momentum 0.9, learning rate 0.1, PyTorch-style (coupled) weight decay 1e-4 on every
+variable, cosine annealing to 0 stepped per epoch, cross-entropy.
+
+Epochs scale a run down: schedules are functions of the epoch fraction, so a 10-epoch
+run covers the whole schedule; the warm-up is dropped below 10 epochs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import math
+from typing import ClassVar
+
+import zoo  # noqa: I001  (first: selects Keras 2)
+import tf_keras as keras
+from zoo import registry
+from zoo.optimizers import SGDCoupledDecay
+
+
+def is_imagenet_style(model_name: str) -> bool:
+    return registry.get_model_spec(model_name).architecture.family.endswith("(ImageNet-style)")
+
+
+@dataclasses.dataclass(frozen=True)
+class Recipe:
+    epochs: int
+    batch_size: int
+    learning_rate: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    warmup_epochs: int = 0
+
+    # (epochs, batch size, warm-up epochs) of the paper setting, per model family.
+    CIFAR_DEFAULTS: ClassVar[tuple[int, int, int]] = (200, 128, 0)
+    IMAGENET_DEFAULTS: ClassVar[tuple[int, int, int]] = (100, 256, 0)
+    #: whether ``wrap`` requires a full-precision teacher (RBCN)
+    NEEDS_TEACHER: ClassVar[bool] = False
+
+    @classmethod
+    def for_model(cls, model_name: str, epochs: int | None = None, batch_size: int | None = None, **overrides):
+        """Paper settings for the model's family, optionally scaled to ``epochs``."""
+        default_epochs, default_batch, warmup = (
+            cls.IMAGENET_DEFAULTS if is_imagenet_style(model_name) else cls.CIFAR_DEFAULTS
+        )
+        epochs = epochs or default_epochs
+        return cls(epochs=epochs, batch_size=batch_size or default_batch,
+                   warmup_epochs=warmup if epochs >= 10 else 0, **overrides)
+
+    def learning_rate_at(self, epoch: int) -> float:
+        """Linear warm-up ``lr·(e+1)/W`` for ``e < W``, then cosine to 0 over ``E − W + 1``."""
+        if epoch < self.warmup_epochs:
+            return self.learning_rate * (epoch + 1) / self.warmup_epochs
+        start = max(self.warmup_epochs - 1, 0)
+        progress = (epoch - start) / (self.epochs - start)
+        return 0.5 * self.learning_rate * (1.0 + math.cos(math.pi * progress))
+
+    def optimizer(self) -> keras.optimizers.Optimizer:
+        return SGDCoupledDecay(self.learning_rate, self.momentum, self.weight_decay)
+
+    def loss(self) -> keras.losses.Loss:
+        return keras.losses.SparseCategoricalCrossentropy()
+
+    def callbacks(self, model_name: str) -> list[keras.callbacks.Callback]:
+        """The scheme's own machinery (``zoo.callbacks``) and the learning-rate schedule."""
+        return [*zoo.callbacks(model_name, self.epochs), keras.callbacks.LearningRateScheduler(self.learning_rate_at)]
+
+    def wrap(self, model: keras.Model, teacher: keras.Model | None = None) -> keras.Model:
+        """The model ``fit`` drives: the model itself, unless the recipe needs a custom
+        ``train_step`` (a teacher, discriminators). The wrapper must expose the student
+        as ``.student`` and be what ``compile`` receives."""
+        if teacher is not None:
+            raise ValueError(f"{type(self).__name__} takes no teacher.")
+        return model
+
+    def compile(self, model: keras.Model) -> None:
+        model.compile(self.optimizer(), self.loss(), metrics=["accuracy"])
+
+
+def recipe_class(method: str) -> type[Recipe]:
+    """The recipe of a method (a scheme name): ``training.<method>.RECIPE`` if that module exists."""
+    try:
+        module = importlib.import_module(f"training.{method}")
+    except ModuleNotFoundError as err:
+        if err.name != f"training.{method}":
+            raise
+        return Recipe
+    return module.RECIPE
+
+
+def recipe_for(model_name: str, epochs: int | None = None, batch_size: int | None = None,
+               method: str | None = None, **overrides) -> Recipe:
+    """The recipe to train ``model_name`` with: its own method's, or ``method``'s (same-budget
+    comparisons train a baseline with the compared method's settings)."""
+    method = method or registry.get_model_spec(model_name).scheme.name
+    return recipe_class(method).for_model(model_name, epochs, batch_size, **overrides)
