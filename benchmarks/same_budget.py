@@ -5,19 +5,26 @@ data budget, one seed; best and final test accuracy of each.
         --epochs 2 --train-images 15000
 
 ``--recipe METHOD`` trains every model with that method's optimizer and schedule (the
-method's own layers, losses and callbacks come with its models).
+method's own layers, losses and callbacks come with its models; a model may carry builder
+keywords, e.g. ``bnn_resnet20:width_multiplier=4``). ``--teacher`` gives every
+model a full-precision teacher, which the recipe uses as it does (RBCN: its adversarial
+trainer, for RBCN models only; other recipes: knowledge distillation):
+
+    python benchmarks/same_budget.py rbcn_resnet20 bnn_resnet20 --recipe rbcn --teacher fp_resnet20
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from common import markdown_table, write_results  # noqa: E402
+import zoo  # noqa: E402,I001  (first: selects Keras 2)
+from common import markdown_table, model_argument, write_results  # noqa: E402
 from training.loop import train  # noqa: E402
 
 
@@ -28,28 +35,41 @@ def main(argv=None):
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--train-images", type=int, default=15_000)
     parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--test-images", type=int, default=None, help="evaluate on the first N test images")
     parser.add_argument("--data-dir", default=None)
+    parser.add_argument("--teacher", default=None,
+                        help="the fp_ twin of the models, trained first with the same budget and its own recipe "
+                             "(a row of the table), or a weights file of it")
     parser.add_argument("--name", default=None, help="results file name")
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args(argv)
+    budget = dict(epochs=args.epochs, batch_size=args.batch_size, data_dir=args.data_dir,
+                  train_images=args.train_images, test_images=args.test_images, verbose=0 if args.quiet else 2)
 
     reports = {}
-    for name in args.models:
-        _, report = train(
-            name, "fashion_mnist", method=args.recipe, epochs=args.epochs, batch_size=args.batch_size,
-            data_dir=args.data_dir, train_images=args.train_images, verbose=0 if args.quiet else 2,
-        )
-        reports[name] = report
-        best, seconds = report["best_val_accuracy"], report["train_seconds"]
-        print(f"{name}: best test accuracy {best:.4f} in {seconds} s", flush=True)
+    with tempfile.TemporaryDirectory() as scratch:
+        teacher = args.teacher
+        if teacher in zoo.list_models():
+            model, reports[f"{teacher} (teacher)"] = train(teacher, "fashion_mnist", **budget)
+            teacher = str(Path(scratch) / "teacher.h5")
+            model.save_weights(teacher)
+        for text in args.models:
+            name, builder_kwargs = model_argument(text)
+            _, report = train(name, "fashion_mnist", method=args.recipe, teacher=teacher,
+                              builder_kwargs=builder_kwargs, **budget)
+            reports[text] = report
+            best, seconds = report["best_val_accuracy"], report["train_seconds"]
+            print(f"{text}: best test accuracy {best:.4f} in {seconds} s", flush=True)
 
     rows = [[n, f"{r['best_val_accuracy']:.2%}", f"{r['final_val_accuracy']:.2%}", r["train_seconds"]]
             for n, r in reports.items()]
     command = "python benchmarks/same_budget.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    teacher_note = f" Teacher: {args.teacher}." if args.teacher else ""
     table = markdown_table(rows, ["model", "best test accuracy", "final test accuracy", "train seconds"])
-    table += (f"\n\nReal Fashion-MNIST (10 000 test images), {args.epochs} epochs x {args.train_images} "
+    table += (f"\n\nReal Fashion-MNIST ({reports[args.models[0]]['test_images']} test images), "
+              f"{args.epochs} epochs x {args.train_images} "
               f"training images, batch {args.batch_size}, the {args.recipe} recipe for all "
-              f"({reports[args.models[0]]['recipe']}).\n\n`{command}`")
+              f"({reports[args.models[0]]['recipe']}).{teacher_note}\n\n`{command}`")
     name = args.name or "same_budget_" + "_vs_".join(args.models)
     write_results(name, {"command": command, "reports": reports}, table)
 

@@ -8,12 +8,16 @@ from helpers import manifest_entry, write_manifest
 from zoo import cli, registry
 
 ARCHS = ("resnet18", "resnet34", "resnet18_cifar", "resnet20", "vgg_small")
-SCHEMES = ("fp", "bnn", "xnor", "bireal", "rbnn")
+SCHEMES = ("fp", "bnn", "xnor", "bireal", "rbnn", "bonn", "rbcn", "cbcn")
 
 
 def test_every_scheme_architecture_pair_is_registered():
-    only_rbnn = {"rbnn_resnet20_bireal"}  # architectures limited to one scheme
-    assert set(zoo.list_models()) == {f"{s}_{a}" for s in SCHEMES for a in ARCHS} | only_rbnn
+    from zoo.architectures import ARCHITECTURES
+
+    restricted = {a.name: a.schemes for a in ARCHITECTURES if a.schemes is not None}
+    assert restricted["resnet20_bireal"] == ("rbnn",) and restricted["wrn22"] == ("bonn",)
+    only_theirs = {f"{s}_{a}" for a, schemes in restricted.items() for s in schemes}
+    assert set(zoo.list_models()) == {f"{s}_{a}" for s in SCHEMES for a in ARCHS} | only_theirs
     assert zoo.list_models("bnn_*") == sorted(f"bnn_{a}" for a in ARCHS)
     assert zoo.list_models("*_resnet20") == sorted(f"{s}_resnet20" for s in SCHEMES)
     assert zoo.list_models("nothing*") == []

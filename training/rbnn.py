@@ -10,17 +10,14 @@ Scale a run down with ``epochs``: the schedules (warm-up, cosine, t/k) are funct
 the epoch fraction, so a 10-epoch run covers the whole schedule; the warm-up is dropped
 below 10 epochs.
 
-    python -m training.rbnn --model rbnn_resnet20 --dataset fashion_mnist --epochs 3
+    zoo train rbnn_resnet20 --dataset fashion_mnist --epochs 3
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import json
 from typing import ClassVar
 
-from training.loop import train
 from training.recipe import Recipe
 
 
@@ -34,24 +31,3 @@ class RBNNRecipe(Recipe):
 
 
 RECIPE = RBNNRecipe
-
-
-def main(argv=None):
-    parser = argparse.ArgumentParser(description="Train a model with the RBNN recipe.")
-    parser.add_argument("--model", default="rbnn_resnet20")
-    parser.add_argument("--dataset", default="cifar10")
-    parser.add_argument("--epochs", type=int, default=None, help="default: the paper's")
-    parser.add_argument("--batch-size", type=int, default=None, help="default: the paper's")
-    parser.add_argument("--train-images", type=int, default=None, help="limit the train split")
-    parser.add_argument("--data-dir", default=None)
-    parser.add_argument("--quiet", action="store_true")
-    args = parser.parse_args(argv)
-    recipe = RBNNRecipe.for_model(args.model, args.epochs, args.batch_size)
-    _, report = train(args.model, args.dataset, recipe=recipe,
-                      data_dir=args.data_dir, train_images=args.train_images, verbose=0 if args.quiet else 1)
-    print(json.dumps({k: v for k, v in report.items() if k != "history"}))
-    return report
-
-
-if __name__ == "__main__":
-    main()

@@ -23,6 +23,7 @@ from typing import ClassVar
 import zoo  # noqa: I001  (first: selects Keras 2)
 import tf_keras as keras
 from zoo import registry
+from zoo.distillation import Distiller, KnowledgeDistillation
 from zoo.optimizers import SGDCoupledDecay
 
 
@@ -76,9 +77,10 @@ class Recipe:
     def wrap(self, model: keras.Model, teacher: keras.Model | None = None) -> keras.Model:
         """The model ``fit`` drives: the model itself, unless the recipe needs a custom
         ``train_step`` (a teacher, discriminators). The wrapper must expose the student
-        as ``.student`` and be what ``compile`` receives."""
+        as ``.student`` and be what ``compile`` receives. Given a teacher, any recipe
+        distils from it (knowledge distillation on the outputs, :mod:`zoo.distillation`)."""
         if teacher is not None:
-            raise ValueError(f"{type(self).__name__} takes no teacher.")
+            return Distiller(model, teacher, terms=[KnowledgeDistillation()])
         return model
 
     def compile(self, model: keras.Model) -> None:

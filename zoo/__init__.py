@@ -8,10 +8,13 @@
 
 from zoo import _env  # noqa: F401  (must precede every TensorFlow import)
 from zoo import models, optimizers
+from zoo.deploy import benchmark, convert
 from zoo.export import to_inference
 from zoo.loading import load
 from zoo.profile import info, summary
-from zoo.registry import callbacks, list_models, pretrained_entries, register_architecture, register_scheme
+from zoo.registry import (
+    callbacks, list_models, pretrained_entries, register_architecture, register_scheme, register_searched,
+)
 
 __version__ = "0.1.0"
 
@@ -25,7 +28,9 @@ def __getattr__(name):
     raise AttributeError(f"module 'zoo' has no attribute {name!r}")
 
 __all__ = [
+    "benchmark",
     "callbacks",
+    "convert",
     "info",
     "list_models",
     "load",
@@ -35,6 +40,7 @@ __all__ = [
     "pretrained_entries",
     "register_architecture",
     "register_scheme",
+    "register_searched",
     "summary",
     "to_inference",
 ]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 
 def format_table(rows: list[list], headers: list[str]) -> str:
@@ -68,7 +69,9 @@ def cmd_info(args) -> int:
                           f"std {[round(v, 2) for v in details['input_std']]}"],
         ["classes", details["classes"]],
         ["parameters", f"{details['parameters']:,}"],
-        ["binary MACs", f"{_readable(details['binary_macs'])} ({details['binary_convs']} binary convs)"],
+        ["binary MACs", f"{_readable(details['binary_macs'])} ({details['binary_convs']} binary convs)"
+                        + (f", {details['binary_macs_vs_plain_width']:g}x the plain-width architecture "
+                           f"(width x{details['width_multiplier']})" if details["width_multiplier"] != 1 else "")],
         ["float MACs", _readable(details["float_macs"])],
     ]
     print(format_table(rows, ["field", "value"]))
@@ -89,6 +92,113 @@ def cmd_info(args) -> int:
     return 0
 
 
+def cmd_train(args) -> int:
+    from training.cli import run  # lazily: the library never imports training
+
+    return run(args)
+
+
+def cmd_search(args) -> int:
+    from zoo.search import run_search  # lazily: imports Keras Tuner
+
+    summary = run_search(
+        space=args.space, dataset=args.dataset, budget=args.budget, tuner=args.tuner, max_trials=args.max_trials,
+        epochs=args.epochs, output_dir=args.output, schemes=args.schemes, ops=args.ops,
+        train_images=args.train_images, val_images=args.val_images, batch_size=args.batch_size,
+        learning_rate=args.learning_rate, patience=args.patience, seed=args.seed, data_dir=args.data_dir,
+        overwrite=args.overwrite, name=args.name, verbose=0 if args.quiet else 2 if args.verbose else 1,
+    )
+    if summary is None:  # a distributed worker: the chief reports
+        return 0
+    if not args.quiet:
+        print((Path(args.output) / "summary.md").read_text())
+    if summary["best_config"] is None:
+        print("zoo search: no trial within budget was trained.", file=sys.stderr)
+        return 1
+    print(f"Best architecture: {summary['best_config']} (model {summary['best_model']}); "
+          f"train it with `zoo train {summary['best_config']} --dataset {args.dataset}`.")
+    return 0
+
+
+def _names(text: str) -> list[str]:
+    return [name.strip() for name in text.split(",") if name.strip()]
+
+
+def _progress(command: str, quiet: bool):
+    return (lambda line: None) if quiet else (lambda line: print(f"zoo {command}: {line}", file=sys.stderr))
+
+
+def cmd_convert(args) -> int:
+    import zoo
+
+    report = zoo.convert(
+        args.name, args.output, weights=args.weights, input_shape=args.input_shape, target=args.target,
+        int8=args.int8, inference_input_type=args.io_type, inference_output_type=args.io_type,
+        verify=not args.no_verify, dataset=args.dataset, data_dir=args.data_dir,
+        allow_float_binary=args.allow_float_binary, progress=_progress("convert", args.quiet),
+    )
+    if args.json:
+        print(json.dumps(report.as_dict(), indent=2))
+        return 0
+    rows = [
+        ["file", f"{report.path} ({report.file_bytes / 2**20:.2f} MiB)"],
+        ["converter", f"{report.converter} (target {report.target}), {report.input_type} in, "
+                      f"{report.output_type} out{', int8 float parts' if report.int8 else ''}"],
+        ["binary layers", f"{report.bconv2d} of {report.binary_layers} as LceBconv2d" if report.binary_layers else "-"],
+        ["operators", ", ".join(f"{kind} {count}" for kind, count in report.ops.items())],
+        ["parameters", f"{report.parameters:,}"],
+        ["MACs", f"{_readable(report.binary_macs)} binary, {_readable(report.float_macs)} float"],
+    ]
+    if report.parity:
+        parity = report.parity
+        rows.append(["LCE vs Keras", f"top-1 agreement {parity.top1_agreement:.2%} on {parity.data}; "
+                                     f"max |Δ {parity.outputs}| {parity.max_abs_diff:.2g}"])
+    print(format_table(rows, ["convert", report.model]))
+    return 0
+
+
+def cmd_benchmark(args) -> int:
+    import zoo
+
+    report = zoo.benchmark(
+        args.model, vs=args.vs, threads=args.threads, input_shape=args.input_shape, weights=args.weights,
+        warmup=args.warmup, repeats=args.repeats, use_indirect_bgemm=not args.default_kernels,
+        use_xnnpack=args.xnnpack, progress=_progress("benchmark", args.quiet),
+    )
+    if args.json:
+        print(json.dumps(report.as_dict(), indent=2))
+        return 0
+    rows = [
+        [r.model, f"{r.median_ms:.2f}", f"{r.p90_ms:.2f}", f"{ratio:.2f}x", f"{r.file_bytes / 2**20:.2f} MiB",
+         "-" if r.parameters is None else _readable(r.parameters),
+         "-" if r.binary_macs is None else _readable(r.binary_macs),
+         "-" if r.float_macs is None else _readable(r.float_macs)]
+        for r, ratio in zip(report.results, report.ratios)
+    ]
+    print(format_table(rows, ["model", "median ms", "p90 ms", "ratio", "file", "params", "binary MACs", "float MACs"]))
+    before, after = report.load_average
+    print(f"\n{'x'.join(map(str, report.input_shape))}, batch 1, {report.threads} thread(s), LCE interpreter "
+          f"{report.interpreter}; {report.warmup} warm-up + {report.repeats} timed runs per model, interleaved; "
+          f"load average {before[0]:.2f} -> {after[0]:.2f}")
+    return 0
+
+
+def cmd_compress(args) -> int:
+    from zoo.compress import pipeline  # lazily: imports TF-MOT
+
+    report = pipeline.run_pipeline(
+        args.model, dataset=args.dataset, output_dir=args.output, prune_ratio=args.prune, structure=args.structure,
+        qat=args.qat, epochs=args.epochs, weights=args.weights, batch_size=args.batch_size,
+        learning_rate=args.learning_rate, qat_learning_rate=args.qat_learning_rate, train_images=args.train_images,
+        test_images=args.test_images, hrank_batches=args.hrank_batches, qat_scope=args.qat_scope,
+        unsupported=args.qat_unsupported,
+        latency_repeats=args.latency_repeats, data_dir=args.data_dir, seed=args.seed,
+        verbose=0 if args.quiet else 2, progress=_progress("compress", args.quiet),
+    )
+    print(json.dumps(report, indent=2, default=str) if args.json else pipeline.markdown_report(report))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="zoo", description="1-bit CNN model zoo.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -104,6 +214,126 @@ def build_parser() -> argparse.ArgumentParser:
     details.add_argument("--input-shape", type=_parse_shape, default=None, help="H,W,C (default: the architecture's)")
     details.add_argument("--json", action="store_true", help="print JSON instead of a table")
     details.set_defaults(run=cmd_info)
+
+    training = commands.add_parser("train", help="train a model with its method's recipe (checkpoints, logs, exports)")
+    training.add_argument("model", help="a registered model, e.g. rbnn_resnet20")
+    training.add_argument("--dataset", required=True, help="a TFDS dataset of zoo.load_dataset, e.g. fashion_mnist")
+    training.add_argument("--epochs", type=int, default=None, help="default: the recipe's (schedules scale to it)")
+    training.add_argument("--batch-size", type=int, default=None, help="default: the recipe's")
+    training.add_argument("--data-dir", default=None, help="TFDS data dir (default: $TFDS_DATA_DIR or TFDS's)")
+    training.add_argument("--output", default=None, help="run directory (default: runs/MODEL-DATASET)")
+    training.add_argument("--resume", action="store_true", help="continue the run in --output at its next epoch")
+    training.add_argument("--strategy", choices=("default", "mirrored", "multi_worker"), default="default",
+                          help="tf.distribute strategy; multi_worker reads the cluster from $TF_CONFIG")
+    training.add_argument("--teacher", default=None, help="teacher for distillation: a registry name or weights path")
+    training.add_argument("--recipe", default=None, metavar="METHOD", help="train with another method's recipe")
+    training.add_argument("--train-images", type=int, default=None, help="use the first N training images")
+    training.add_argument("--test-images", type=int, default=None, help="evaluate on the first N test images")
+    training.add_argument("--seed", type=int, default=None, help="data order, augmentation, initialisation (0)")
+    training.add_argument("--no-export", action="store_true",
+                          help="skip the weights file, manifest entry and .tflite at the end (logs stay)")
+    training.add_argument("--quiet", action="store_true", help="no progress bars or summary")
+    training.set_defaults(run=cmd_train)
+
+    search = commands.add_parser(
+        "search", help="search a binary architecture under a budget (Keras Tuner; resumable, distributable)",
+        description="Keras Tuner search of a binary architecture; rerun the same command to resume. Distributed: "
+                    "set KERASTUNER_TUNER_ID (chief / worker0, ...), KERASTUNER_ORACLE_IP and KERASTUNER_ORACLE_PORT "
+                    "and run the same command in every process.")
+    search.add_argument("--space", default="bars", help="bnas or bars")
+    search.add_argument("--dataset", required=True, help="a dataset of zoo.load_dataset, e.g. fashion_mnist")
+    search.add_argument("--budget", action="append", default=None,
+                        help="limits, e.g. binary_macs=20M,float_macs=1M (also params=, latency_ms=); repeatable")
+    search.add_argument("--tuner", default="bayesian", help="hyperband, bayesian or random")
+    search.add_argument("--max-trials", type=int, default=10)
+    search.add_argument("--epochs", type=int, default=2, help="epochs per trial (hyperband: the most per trial)")
+    search.add_argument("-o", "--output", required=True, help="results directory (an existing one resumes)")
+    search.add_argument("--schemes", type=_names, default=None, help="comma-separated (default: bnn,xnor,bireal)")
+    search.add_argument("--ops", type=_names, default=None, help="comma-separated cell ops (default: the space's)")
+    search.add_argument("--train-images", type=int, default=10_000, help="training images per trial epoch")
+    search.add_argument("--val-images", type=int, default=5_000, help="held-out training images for validation")
+    search.add_argument("--batch-size", type=int, default=64)
+    search.add_argument("--learning-rate", type=float, default=2e-3, help="Adam learning rate of the trials")
+    search.add_argument("--patience", type=int, default=2, help="early stopping: epochs without a better val_accuracy")
+    search.add_argument("--seed", type=int, default=0)
+    search.add_argument("--data-dir", default=None, help="TFDS data dir")
+    search.add_argument("--name", default=None, help="architecture name of the best config")
+    search.add_argument("--overwrite", action="store_true", help="delete the results directory first")
+    search.add_argument("--verbose", action="store_true", help="also Keras Tuner's and Keras' progress")
+    search.add_argument("--quiet", action="store_true", help="no progress or summary")
+    search.set_defaults(run=cmd_search)
+
+    converting = commands.add_parser("convert", help="convert a model to a .tflite for Android (LCE), verified")
+    converting.add_argument("name", help="a registered model, e.g. bnn_resnet18")
+    converting.add_argument("-o", "--output", required=True, help="the .tflite file to write (atomically)")
+    converting.add_argument("--weights", default="default", help="pretrained tag, weights file or URL (default: "
+                            "the first pretrained entry, else random initialisation)")
+    converting.add_argument("--input-shape", type=_parse_shape, default=None, help="H,W,C (default: the weights' "
+                            "or the architecture's)")
+    converting.add_argument("--int8", action="store_true", help="int8 float parts (calibrated on --dataset's train "
+                            "images); binary convs stay binary")
+    converting.add_argument("--io-type", choices=("float32", "int8"), default="float32",
+                            help="the file's input and output type (int8 needs --int8)")
+    converting.add_argument("--target", choices=("arm", "xcore"), default="arm", help="LCE's target")
+    converting.add_argument("--dataset", default="fashion_mnist", help="images to verify on and calibrate with "
+                            "(resized to the input)")
+    converting.add_argument("--data-dir", default=None, help="TFDS data dir")
+    converting.add_argument("--no-verify", action="store_true", help="skip running the file against the Keras model")
+    converting.add_argument("--allow-float-binary", action="store_true",
+                            help="accept binary layers that did not become LceBconv2d")
+    converting.add_argument("--json", action="store_true", help="print the report as JSON")
+    converting.add_argument("--quiet", action="store_true", help="no progress lines")
+    converting.set_defaults(run=cmd_convert)
+
+    timing = commands.add_parser("benchmark", help="latency of a model or .tflite in LCE's interpreter")
+    timing.add_argument("model", metavar="NAME_OR_TFLITE", help="a registered model or a .tflite file")
+    timing.add_argument("--vs", action="append", default=None, metavar="NAME_OR_TFLITE",
+                        help="compare with another model in the same run (repeatable)")
+    timing.add_argument("--threads", type=int, default=1)
+    timing.add_argument("--input-shape", type=_parse_shape, default=None, help="H,W,C for names (default: the "
+                        "architecture's)")
+    timing.add_argument("--weights", default=None, help="for names (latency does not depend on them)")
+    timing.add_argument("--warmup", type=int, default=10)
+    timing.add_argument("--repeats", type=int, default=50)
+    timing.add_argument("--default-kernels", action="store_true",
+                        help="LCE's default binary kernels instead of its fast indirect BGEMM ones")
+    timing.add_argument("--xnnpack", action="store_true", help="TFLite's XNNPACK delegate for the float ops")
+    timing.add_argument("--json", action="store_true", help="print the report as JSON")
+    timing.add_argument("--quiet", action="store_true", help="no progress lines")
+    timing.set_defaults(run=cmd_benchmark)
+
+    compressing = commands.add_parser(
+        "compress", help="prune, fine-tune, quantize (QAT), export and report a smaller model (TF-MOT)",
+        description="prune -> fine-tune -> QAT -> fine-tune -> export -> report: test accuracy before/after, "
+                    ".tflite size, binary and float MACs, LCE latency; files and report.json/.md in -o.")
+    compressing.add_argument("model", help="a registered model, e.g. rbnn_resnet20")
+    compressing.add_argument("--dataset", required=True, help="a dataset of zoo.load_dataset, e.g. fashion_mnist")
+    compressing.add_argument("-o", "--output", required=True, help="output directory")
+    compressing.add_argument("--prune", type=float, default=0.0, metavar="RATIO",
+                             help="fraction of filters (channel) or weights (magnitude) removed (default 0: none)")
+    compressing.add_argument("--structure", choices=("channel", "magnitude", "2:4"), default="channel",
+                             help="channel: HRank filter pruning, binary convs included (default); magnitude / "
+                                  "2:4: TF-MOT on the float layers")
+    compressing.add_argument("--qat", action="store_true", help="quantization-aware training of the float parts")
+    compressing.add_argument("--epochs", type=int, default=1, help="fine-tuning epochs after each step")
+    compressing.add_argument("--weights", default="default", help="as in zoo.load: default, a tag, a path")
+    compressing.add_argument("--batch-size", type=int, default=64)
+    compressing.add_argument("--learning-rate", type=float, default=1e-3, help="Adam, fine-tuning after pruning")
+    compressing.add_argument("--qat-learning-rate", type=float, default=1e-4, help="Adam, QAT fine-tuning")
+    compressing.add_argument("--train-images", type=int, default=None, help="fine-tune on the first N images")
+    compressing.add_argument("--test-images", type=int, default=None, help="evaluate on the first N test images")
+    compressing.add_argument("--hrank-batches", type=int, default=4,
+                             help="batches HRank averages ranks over (and QAT calibrates its ranges on)")
+    compressing.add_argument("--qat-scope", choices=("auto", "float_layers", "all"), default="auto",
+                             help="int8 layers: those with float weights (binary models' default) or all")
+    compressing.add_argument("--qat-unsupported", choices=("error", "float"), default="error",
+                             help="a layer QAT cannot quantize: an error (default), or leave it float")
+    compressing.add_argument("--latency-repeats", type=int, default=50)
+    compressing.add_argument("--data-dir", default=None, help="TFDS data dir")
+    compressing.add_argument("--seed", type=int, default=0)
+    compressing.add_argument("--json", action="store_true", help="print the report as JSON")
+    compressing.add_argument("--quiet", action="store_true", help="no progress lines")
+    compressing.set_defaults(run=cmd_compress)
     return parser
 
 

@@ -38,7 +38,8 @@ def load(
     """Builds a registered model and loads its weights.
 
     Args:
-      name: a registered model name (``zoo.list_models()``).
+      name: a registered model name (``zoo.list_models()``), or the path of a searched
+        architecture (``zoo search``'s ``best.json``), which is registered first.
       weights: ``None`` (random initialisation), ``"default"`` (the model's first
         pretrained entry, or random initialisation with a notice when it has none), a
         pretrained tag such as ``"fashion_mnist"`` or ``"imagenet"``, or a path or
@@ -57,7 +58,7 @@ def load(
       A ``tf_keras.Model`` that takes raw pixels (0-255).
     """
     spec = registry.get_model_spec(name)
-    entry, source = _resolve_weights(name, weights)
+    entry, source = _resolve_weights(spec.name, weights)  # the registered name, also for a searched .json
 
     if entry is not None:
         builder_kwargs = {**entry.builder_kwargs, **builder_kwargs}

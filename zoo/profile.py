@@ -40,6 +40,17 @@ def costs(model: keras.Model) -> dict:
     }
 
 
+def binary_macs_vs_plain_width(spec: registry.ModelSpec, input_shape, model_costs: dict) -> float | None:
+    """Binary MACs relative to the same architecture at plain width (``width_multiplier=1``):
+    N² = 16 for CBCN, whose feature maps are N = 4 times wide; None without binary MACs."""
+    if not model_costs["binary_macs"]:
+        return None
+    if spec.scheme.width_multiplier == 1:
+        return 1.0
+    plain = costs(to_inference(spec.build(input_shape=input_shape, width_multiplier=1)))
+    return round(model_costs["binary_macs"] / plain["binary_macs"], 3)
+
+
 def info(name: str, input_shape=None) -> dict:
     """Everything the zoo knows about a registered model, as a JSON-ready dict.
 
@@ -50,6 +61,7 @@ def info(name: str, input_shape=None) -> dict:
     model = spec.build(input_shape=input_shape)
     normalize = model.get_layer("normalize")
     arch, scheme = spec.architecture, spec.scheme
+    model_costs = costs(to_inference(model) if scheme.binary else model)
     return {
         "name": name,
         "family": arch.family,
@@ -63,7 +75,9 @@ def info(name: str, input_shape=None) -> dict:
         "input_mean": [float(v) for v in normalize.input_mean],
         "input_std": [float(v) ** 0.5 for v in normalize.input_variance],
         "classes": int(model.output_shape[-1]),
-        **costs(to_inference(model) if scheme.binary else model),
+        **model_costs,
+        "width_multiplier": scheme.width_multiplier,
+        "binary_macs_vs_plain_width": binary_macs_vs_plain_width(spec, input_shape, model_costs),
         "reported": [dataclasses.asdict(r) for r in scheme.reported if r.arch == arch.name],
         "pretrained": [entry.as_dict() for entry in registry.pretrained_entries(name)],
     }

@@ -106,7 +106,11 @@ def _pair(scheme: Scheme, arch: Architecture) -> None:
         _MODELS[spec.name] = spec
 
 
-def get_model_spec(name: str) -> ModelSpec:
+def get_model_spec(name: str | os.PathLike) -> ModelSpec:
+    """The registered model ``name``; a path to a searched architecture (``*.json``, written
+    by ``zoo search``) is registered first, so every caller accepts one."""
+    if isinstance(name, (str, os.PathLike)) and os.fspath(name).endswith(".json"):
+        return _MODELS[register_searched(name)]
     try:
         return _MODELS[name]
     except KeyError:
@@ -116,6 +120,34 @@ def get_model_spec(name: str) -> ModelSpec:
             f"Unknown model {name!r}.{hint} `zoo.list_models()` lists all "
             f"{len(_MODELS)} models."
         ) from None
+
+
+def get_scheme(name: str) -> Scheme:
+    """The registered scheme ``name`` (an unknown name lists the registered ones)."""
+    try:
+        return _SCHEMES[name]
+    except KeyError:
+        raise ValueError(f"Unknown scheme {name!r}; registered schemes: {', '.join(_SCHEMES)}.") from None
+
+
+def register_searched(config) -> str:
+    """Registers a searched architecture — ``zoo search``'s JSON file (path) or its dict —
+    and returns its model name ``<scheme>_<name>``, which ``zoo.load``, ``zoo.info``,
+    ``zoo.callbacks`` and the training recipes then serve like any other model.
+    Registering the same architecture again is a no-op; another one under a taken name
+    is an error."""
+    from zoo.search.config import SearchedArchitecture  # zoo.search imports this module
+
+    searched = SearchedArchitecture.load(config)
+    get_scheme(searched.scheme)
+    arch = searched.architecture()
+    if _ARCHITECTURES.get(arch.name, arch) != arch:
+        raise ValueError(
+            f"An architecture named {arch.name!r} is already registered and differs from "
+            f"{config if isinstance(config, (str, os.PathLike)) else 'this one'}; rename one of them."
+        )
+    register_architecture(arch)
+    return searched.model_name
 
 
 def callbacks(name: str, epochs: int) -> list:

@@ -109,6 +109,15 @@ def pooled_features(x, include_top: bool, pooling: str | None):
     return x
 
 
+def scaled_widths(widths, scheme, width_multiplier=None) -> tuple[int, ...]:
+    """An architecture's feature-map widths times the width multiplier: the builder's
+    ``width_multiplier`` argument, else the scheme's (4 for CBCN, 1 for the others)."""
+    multiplier = scheme.width_multiplier if width_multiplier is None else width_multiplier
+    if isinstance(multiplier, bool) or not isinstance(multiplier, int) or multiplier < 1:
+        raise ValueError(f"width_multiplier must be a positive integer, got {multiplier!r}.")
+    return tuple(int(w) * multiplier for w in widths)
+
+
 def check_classes(classes: int, name: str) -> int:
     if not isinstance(classes, int) or classes < 1:
         raise ValueError(f"{name}: classes must be a positive integer, got {classes!r}.")

@@ -28,6 +28,7 @@ from zoo.architectures.common import (
     float_conv,
     model_input,
     pooled_features,
+    scaled_widths,
 )
 from zoo.layers import SubsampleChannelPad
 
@@ -76,9 +77,14 @@ def build_resnet(
     classifier_activation="softmax",
     input_mean=None,
     input_std=None,
+    width_multiplier=None,
 ):
-    """Builds any ResNet of this module; the factories below fix its hyper-parameters."""
+    """Builds any ResNet of this module; the factories below fix its hyper-parameters.
+
+    ``width_multiplier`` multiplies every width (default: the scheme's, 4 for CBCN).
+    """
     inputs, x, classes = model_input(arch, input_shape, classes, input_mean, input_std)
+    widths = scaled_widths(widths, scheme, width_multiplier)
 
     if stem == "imagenet":
         x = float_conv(widths[0], 7, 2, name="stem_conv")(x)
@@ -152,11 +158,11 @@ def resnet20_bireal(scheme, **kwargs):
 
 RESNET18 = Architecture(
     "resnet18", resnet18, "ResNet (ImageNet-style)",
-    "ResNet-18, 7x7 stem, Bi-Real layout, float 1x1 downsampling", (224, 224, 3), 1000, 32,
+    "ResNet-18, 7x7 stem, Bi-Real layout, float 1x1 downsampling", (224, 224, 3), 1000, 28,
 )
 RESNET34 = Architecture(
     "resnet34", resnet34, "ResNet (ImageNet-style)",
-    "ResNet-34, 7x7 stem, Bi-Real layout, float 1x1 downsampling", (224, 224, 3), 1000, 32,
+    "ResNet-34, 7x7 stem, Bi-Real layout, float 1x1 downsampling", (224, 224, 3), 1000, 28,
 )
 RESNET18_CIFAR = Architecture(
     "resnet18_cifar", resnet18_cifar, "ResNet (CIFAR-style)",

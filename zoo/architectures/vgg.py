@@ -16,6 +16,7 @@ from zoo.architectures.common import (
     float_conv,
     model_input,
     pooled_features,
+    scaled_widths,
 )
 
 _BODY = ((128, True), (256, False), (256, True), (512, False), (512, True))
@@ -31,13 +32,15 @@ def vgg_small(
     classifier_activation="softmax",
     input_mean=None,
     input_std=None,
+    width_multiplier=None,
 ):
-    """VGG-small for 32x32 (or 28x28) inputs."""
+    """VGG-small for 32x32 (or 28x28) inputs; ``width_multiplier`` as in the ResNets."""
     inputs, x, classes = model_input(VGG_SMALL, input_shape, classes, input_mean, input_std)
-    x = float_conv(128, 3, 1, name="stem_conv")(x)
+    stem_width, *body_widths = scaled_widths((128, *(f for f, _ in _BODY)), scheme, width_multiplier)
+    x = float_conv(stem_width, 3, 1, name="stem_conv")(x)
     x = batch_norm("stem_bn")(x)
     x = scheme.activation_layer("stem_act")(x)
-    for i, (filters, pool) in enumerate(_BODY, start=1):
+    for i, (filters, (_, pool)) in enumerate(zip(body_widths, _BODY), start=1):
         x = scheme.conv(filters, 3, 1, name=f"conv{i}")(x)
         if pool:
             x = keras.layers.MaxPooling2D(2, name=f"pool{i}")(x)

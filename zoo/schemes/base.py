@@ -89,6 +89,15 @@ def conv_geometry(layer: keras.layers.Conv2D) -> dict:
     )
 
 
+def pad_same(x, kernel_size, strides, value: float):
+    """TF "same" padding of an NHWC tensor with a constant (as LCE pads a binarized input)."""
+    pads = [[0, 0]]
+    for size, stride, k in zip(x.shape[1:3], strides, kernel_size):
+        total = max((-(-size // stride) - 1) * stride + k - size, 0)
+        pads.append([total // 2, total - total // 2])
+    return tf.pad(x, pads + [[0, 0]], constant_values=value)
+
+
 def split_scaled_sign(quantized_kernel: np.ndarray, layer_name: str):
     """Write a quantized HWIO kernel as ``sign * scale`` with one scale per output channel.
 
@@ -129,6 +138,9 @@ class Scheme:
     shortcut_every_conv: bool = False
     #: padding value of binary convs: 1.0 is LCE's fast path (methods.md §0.4 [choice])
     pad_values: float = 1.0
+    #: every feature-map width of the architecture (stem, stages, shortcuts) times this;
+    #: CBCN's N orientation channels per base channel make its networks N× wide
+    width_multiplier: int = 1
     reported: tuple[Reported, ...] = ()
 
     def conv(self, filters: int, kernel_size: int, strides: int = 1, name: str | None = None):

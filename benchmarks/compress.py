@@ -1,0 +1,122 @@
+"""Compression on real Fashion-MNIST: HRank channel pruning and QAT of the float parts.
+
+    python benchmarks/compress.py rbnn_resnet20 fp_resnet20 --epochs 2 --train-images 15000
+
+For each model: its pretrained ``fashion_mnist`` weights when the manifest has them, else
+the model trained here with its own recipe (``--base-epochs`` x ``--base-images``; the
+weights are cached in ``--cache`` and reused). From those weights, two runs of the
+``zoo compress`` pipeline (:func:`zoo.compress.run_pipeline`), each measured on the 10 000
+test images: ``prune`` (channel pruning ``--ratio`` + ``--epochs`` of fine-tuning) and
+``qat`` (quantization-aware training of the float parts + ``--epochs`` of fine-tuning).
+Goals (issue 8): pruning cuts binary MACs >= 40 % with <= 1.5 points of accuracy lost;
+QAT makes the float parts' weights in the .tflite >= 2x smaller with <= 0.5 points lost.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import zoo  # noqa: E402,I001  (first: selects Keras 2)
+from common import markdown_table, write_results  # noqa: E402
+from zoo.compress import run_pipeline  # noqa: E402
+
+DATASET = "fashion_mnist"
+
+
+def base_weights(name: str, args) -> tuple[str, str]:
+    """(weights for zoo.load, how they were obtained): pretrained, cached, or trained now."""
+    if any(entry.tag == DATASET for entry in zoo.pretrained_entries(name)):
+        return DATASET, f"pretrained ({DATASET} entry of the manifest)"
+    path = Path(args.cache) / f"{name}-{args.base_epochs}x{args.base_images}.h5"
+    how = f"trained here: {name}'s recipe, {args.base_epochs} epochs x {args.base_images} images, batch 64"
+    if path.exists():
+        return str(path), how + " (cached)"
+    from training.loop import train
+
+    print(f"{name}: no pretrained {DATASET} weights; training {args.base_epochs} epochs", flush=True)
+    model, report = train(name, DATASET, epochs=args.base_epochs, batch_size=64, train_images=args.base_images,
+                          data_dir=args.data_dir, verbose=0 if args.quiet else 2)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    model.save_weights(str(path))
+    return str(path), how + f" ({report['train_seconds']} s, best test accuracy {report['best_val_accuracy']:.2%})"
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("models", nargs="+")
+    parser.add_argument("--ratio", type=float, default=0.5, help="channel pruning ratio")
+    parser.add_argument("--epochs", type=int, default=2, help="fine-tuning epochs after each step")
+    parser.add_argument("--train-images", type=int, default=15_000, help="fine-tuning images per epoch")
+    parser.add_argument("--test-images", type=int, default=None, help="default: the whole test split")
+    parser.add_argument("--learning-rate", type=float, default=1e-3)
+    parser.add_argument("--qat-learning-rate", type=float, default=1e-4)
+    parser.add_argument("--base-epochs", type=int, default=3, help="training of models without pretrained weights")
+    parser.add_argument("--base-images", type=int, default=30_000)
+    parser.add_argument("--cache", default=str(Path.home() / ".cache" / "zoo" / "benchmark_compress"))
+    parser.add_argument("--latency-repeats", type=int, default=100)
+    parser.add_argument("--output", default="/tmp/zoo_benchmark_compress", help="pipeline outputs (tflite files)")
+    parser.add_argument("--data-dir", default=None)
+    parser.add_argument("--name", default="compress")
+    parser.add_argument("--quiet", action="store_true")
+    args = parser.parse_args(argv)
+
+    runs = {}
+    for name in args.models:
+        weights, how = base_weights(name, args)
+        for step, options in (("prune", dict(prune_ratio=args.ratio, structure="channel")),
+                              ("qat", dict(prune_ratio=0.0, qat=True))):
+            start = time.perf_counter()
+            report = run_pipeline(
+                name, dataset=DATASET, output_dir=Path(args.output) / f"{name}-{step}", epochs=args.epochs,
+                weights=weights, learning_rate=args.learning_rate, qat_learning_rate=args.qat_learning_rate,
+                train_images=args.train_images, test_images=args.test_images, latency_repeats=args.latency_repeats,
+                data_dir=args.data_dir, verbose=0 if args.quiet else 2,
+                progress=lambda line, label=f"{name} {step}": print(f"{label}: {line}", flush=True), **options,
+            )
+            report["base_weights"] = how
+            report["seconds"] = round(time.perf_counter() - start, 1)
+            runs[f"{name}/{step}"] = report
+
+    rows = []
+    for key, report in runs.items():
+        original, compressed, gains = report["original"], report["compressed"], report["gains"]
+        pruned = "pruning" in report
+        macs = "binary_macs" if original["binary_macs"] else "float_macs"
+        loss = -gains["tflite_accuracy_change_points"]
+        goal = (gains[f"{macs}_cut"] >= 0.4 and loss <= 1.5) if pruned else (gains["float_parts_bytes_ratio"] >= 2
+                                                                             and loss <= 0.5)
+        rows.append([
+            f"`{report['model']}`", "channel pruning" if pruned else "QAT (int8 float parts)",
+            f"{original['tflite_accuracy']:.2%}", f"{compressed['tflite_accuracy']:.2%}", f"{-loss:+.2f}",
+            f"{gains['binary_macs_cut']:.1%}" if original["binary_macs"] else "-", f"{gains['float_macs_cut']:.1%}",
+            f"{original['tflite_bytes']:,} → {compressed['tflite_bytes']:,} ({gains['tflite_size_ratio']:.2f}x)",
+            f"{original['weight_bytes']['float_parts']:,} → {compressed['weight_bytes']['float_parts']:,} "
+            f"({gains['float_parts_bytes_ratio']:.2f}x)",
+            f"{original['latency_ms']:.2f} → {compressed['latency_ms']:.2f}",
+            "met" if goal else "**not met**",
+        ])
+    command = "python benchmarks/compress.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    table = markdown_table(rows, [
+        "model", "step", "test accuracy before", "after", "points", "binary MACs cut", "float MACs cut",
+        ".tflite bytes", "float-part weight bytes", "LCE ms (1 thread)", "goal",
+    ])
+    bases = "; ".join(f"`{name}`: {runs[f'{name}/prune']['base_weights']}" for name in args.models)
+    table += (f"\n\nReal Fashion-MNIST; accuracy of the .tflite files in LCE's interpreter on "
+              f"{runs[next(iter(runs))]['test_images']} test images. Fine-tuning: {args.epochs} epochs x "
+              f"{args.train_images} images, Adam {args.learning_rate} after pruning, {args.qat_learning_rate} "
+              f"for QAT. Goals: pruning cuts binary MACs >= 40 % (float MACs for a float model) losing <= 1.5 "
+              f"points; QAT makes the float parts' weights in the .tflite >= 2x smaller losing <= 0.5 points (float "
+              f"parts: every constant tensor but those of the binary convs, whose packed kernels and fused BN LCE "
+              f"keeps as they are). Base weights: {bases}."
+              f"\n\n`{command}`")
+    write_results(args.name, {"command": command, "runs": runs}, table)
+
+
+if __name__ == "__main__":
+    main()

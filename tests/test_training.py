@@ -1,0 +1,271 @@
+"""`zoo train` / `training.train`: every method's recipe on real batches, checkpoints and
+resume (after a SIGKILL), NaN handling, bad input, and the artifacts of a finished run."""
+
+import dataclasses
+import json
+import math
+import signal
+import subprocess
+import sys
+import time
+
+import zoo  # noqa: F401,I001  (first: selects Keras 2)
+import numpy as np
+import pytest
+import tensorflow as tf
+import tf_keras as keras
+from helpers import sha256
+from larq_compute_engine.tflite.python.interpreter import Interpreter
+from zoo import registry
+from zoo.cli import main as zoo_main
+from zoo.export import op_histogram, to_inference
+from zoo.schemes import rbnn
+
+from training import artifacts, checkpoint, logs, loop
+from training.recipe import Recipe, recipe_class, recipe_for
+
+RUN = ["rbnn_resnet20", "--dataset", "fashion_mnist", "--epochs", "2", "--batch-size", "32", "--train-images", "128",
+       "--test-images", "64"]
+SHAPE = (28, 28, 1)
+
+
+def test_a_finished_run_leaves_checkpoint_logs_weights_manifest_entry_and_tflite(fashion_mnist_data_dir, tmp_path,
+                                                                                   monkeypatch):
+    """One two-epoch `zoo train` run (RBNN: its callbacks and state too), all its artifacts."""
+    assert zoo_main(["train", *RUN, "--data-dir", fashion_mnist_data_dir, "--output", str(tmp_path), "--quiet"]) == 0
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["command"] == "zoo train " + " ".join(RUN)
+
+    # checkpoint, history (CSV, JSON), curves, TensorBoard
+    assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["epoch-0002"]
+    history = logs.read_history(tmp_path)
+    recipe = recipe_for("rbnn_resnet20", 2, 32)
+    assert [row["epoch"] for row in history] == [1, 2] and history == report["history"]
+    assert [row["lr"] for row in history] == pytest.approx([recipe.learning_rate_at(e) for e in range(2)])
+    assert all(0 < row["rbnn_sign_flips"] < 1 and math.isfinite(row["loss"]) for row in history)
+    csv_lines = (tmp_path / "history.csv").read_text().splitlines()
+    assert csv_lines[0].startswith("epoch,loss,accuracy,val_loss,val_accuracy") and len(csv_lines) == 3
+    png = (tmp_path / "curves.png").read_bytes()
+    assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 10_000
+    for part in ("train", "validation"):
+        assert list((tmp_path / "tensorboard" / part).glob("events.out.tfevents.*"))
+
+    # the manifest entry: the zoo's own parser accepts it, zoo.load verifies and loads the
+    # file by tag, and the loaded model reproduces the stated accuracy on the same images
+    entry = json.loads((tmp_path / "manifest_entry.json").read_text())
+    weights_file = tmp_path / entry["file"]
+    assert entry["sha256"] == sha256(weights_file) == report["weights"]["sha256"]
+    assert entry["size"] == weights_file.stat().st_size and entry["metrics"]["test_images"] == 64
+    assert report["weights"]["storage"] in artifacts.storages(set())
+    (tmp_path / "manifest.json").write_text(json.dumps({"entries": [entry]}))
+    monkeypatch.setenv("ZOO_MANIFEST", str(tmp_path / "manifest.json"))
+    assert [e.as_dict() for e in registry.manifest_entries()] == [entry]
+    model = zoo.load("rbnn_resnet20", weights="fashion_mnist")
+    images, labels = artifacts.first_examples(
+        zoo.load_dataset("fashion_mnist", "test", batch_size=32, take=64, data_dir=fashion_mnist_data_dir), 64)
+    assert round(100 * np.mean(model.predict(images, verbose=0).argmax(1) == labels), 2) == entry["metrics"]["top1"]
+    for layer in rbnn.rbnn_layers(model):  # the schedule position of the last epoch travelled with the weights
+        assert layer.kernel_quantizer.t.numpy() == pytest.approx(rbnn.sign_schedule(1, 2)["t_weights"], rel=1e-3)
+
+    # the .tflite runs, and its parity report is what the interpreter gives
+    tflite = report["tflite"]
+    flatbuffer = (tmp_path / tflite["file"]).read_bytes()
+    assert len(flatbuffer) == tflite["file_bytes"] and op_histogram(flatbuffer)["LceBconv2d"] == 18
+    assert tflite["ops"]["LceBconv2d"] == 18 and tflite["binary_layers"] == 18
+    lce = Interpreter(flatbuffer, num_threads=2).predict(images)
+    keras_inference = to_inference(model).predict(images, verbose=0)
+    assert tflite["parity"]["samples"] == tflite["keras_parity"]["samples"] == 64
+    assert np.mean(lce.argmax(1) == keras_inference.argmax(1)) == tflite["parity"]["top1_agreement"] >= 0.95
+    assert tflite["keras_parity"]["share_within_1e-4"] >= 0.99
+
+
+def test_weights_are_stored_in_float16_only_where_that_keeps_the_accuracy(tmp_path):
+    """A model whose two logits float16 rounds to a tie: float16 would change its answer."""
+    x = np.ones((4, 1), np.float32)
+    data = tf.data.Dataset.from_tensor_slices((x, np.ones(4, np.int64))).batch(4)
+
+    def dense_model(kernel):
+        model = keras.Sequential([keras.Input((1,)), keras.layers.Dense(2, use_bias=False, name="dense")])
+        model.get_layer("dense").set_weights([np.array([kernel], np.float32)])
+        return model
+
+    def load(path):
+        model = dense_model([0.0, 0.0])
+        model.load_weights(path)
+        return model
+
+    chosen = {}
+    for kernel in ([1.0001, 1.0002], [0.5, 1.0]):  # float16: (1.0, 1.0), a tie / exactly representable
+        dense_model(kernel).save_weights(tmp_path / "float32.h5")
+        target = tmp_path / f"{kernel[0]}.h5"
+        stored = artifacts.store_weights(tmp_path / "float32.h5", target, load, data)
+        chosen[stored.storage] = load(str(target)).get_layer("dense").get_weights()[0]
+        assert stored.correct == 4 and stored.candidates[stored.storage]["correct"] == 4
+    assert set(chosen) == {"float32", "float16"}
+    np.testing.assert_array_equal(chosen["float32"], np.array([[1.0001, 1.0002]], np.float32))
+
+
+def test_resume_with_a_checkpoint_of_another_run_is_refused(tmp_path, capsys):
+    settings = {"model": "rbnn_resnet20", "dataset": "fashion_mnist", "method": "rbnn", "epochs": 2, "batch_size": 32,
+                "train_images": None, "teacher": None, "seed": 0}
+    checkpoint.write_checkpoint(keras.Sequential(), {"run": settings, "epochs_done": 1, "history": []},
+                                tmp_path / "checkpoints")
+    base = ["--dataset", "fashion_mnist", "--output", str(tmp_path), "--quiet"]
+    assert zoo_main(["train", "bnn_resnet20", *base, "--resume"]) == 2
+    assert "is of rbnn_resnet20 on fashion_mnist, not bnn_resnet20" in capsys.readouterr().err
+    assert zoo_main(["train", "rbnn_resnet20", *base, "--resume", "--epochs", "5"]) == 2
+    assert "epochs 5 (the run has 2)" in capsys.readouterr().err
+    assert zoo_main(["train", "rbnn_resnet20", *base]) == 2
+    message = capsys.readouterr().err
+    assert "already holds a checkpoint" in message and "pass --resume" in message
+
+
+def test_unknown_dataset_and_missing_data_say_how_to_get_it(tmp_path, monkeypatch, capsys):
+    assert zoo_main(["train", "bnn_resnet20", "--dataset", "fashion_mnst", "--output", str(tmp_path / "a")]) == 2
+    assert "Did you mean 'fashion_mnist'" in capsys.readouterr().err
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert zoo_main(["train", "bnn_resnet20", "--dataset", "cifar10", "--data-dir", str(empty),
+                     "--output", str(tmp_path / "b")]) == 2
+    assert "tfds build cifar10" in capsys.readouterr().err
+    monkeypatch.setenv("ZOO_FASHION_MNIST_DIR", str(empty))
+    assert zoo_main(["train", "bnn_resnet20", "--dataset", "fashion_mnist", "--data-dir", str(empty),
+                     "--output", str(tmp_path / "c")]) == 2
+    assert "apt-get install -y dataset-fashion-mnist" in capsys.readouterr().err
+
+
+@dataclasses.dataclass(frozen=True)
+class DivergingRecipe(Recipe):
+    """The default recipe, with a loss that turns NaN from the optimizer's fourth step on
+    (a factor, not a ``tf.where`` branch: the NaN branch would poison the gradients too)."""
+
+    def compile(self, model):
+        optimizer = self.optimizer()
+
+        def loss(labels, predictions):
+            value = keras.losses.sparse_categorical_crossentropy(labels, predictions)
+            return value * tf.where(optimizer.iterations >= 3, np.nan, 1.0)
+
+        model.compile(optimizer, loss, metrics=["accuracy"])
+
+
+def test_a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(fashion_mnist_data_dir, tmp_path, monkeypatch,
+                                                                     capsys):
+    monkeypatch.setattr(loop, "recipe_for", lambda name, epochs, batch, method: DivergingRecipe(epochs, batch))
+    status = zoo_main(["train", "bnn_resnet20", "--dataset", "fashion_mnist", "--epochs", "3", "--batch-size", "32",
+                       "--train-images", "64", "--test-images", "32", "--data-dir", fashion_mnist_data_dir,
+                       "--output", str(tmp_path), "--quiet"])
+    assert status == 3
+    message = capsys.readouterr().err
+    assert "loss became NaN or infinite at epoch 2, batch 2" in message
+    assert "last good checkpoint (epoch 1 of 3)" in message and str(tmp_path / "checkpoints" / "epoch-0001") in message
+    assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["epoch-0001"]
+    assert [row["epoch"] for row in logs.read_history(tmp_path)] == [1]
+    assert (tmp_path / "curves.png").exists() and not (tmp_path / "report.json").exists()
+
+    model = zoo.load("bnn_resnet20", weights=None, input_shape=SHAPE)
+    DivergingRecipe(3, 32).compile(model)
+    state = checkpoint.restore_checkpoint(model, tmp_path / "checkpoints" / "epoch-0001")
+    assert state["epochs_done"] == 1 and int(model.optimizer.iterations) == 2
+    assert all(np.isfinite(v.numpy()).all() for v in model.weights)
+
+
+def test_a_run_killed_mid_epoch_resumes_to_the_requested_epoch_with_its_history(fashion_mnist_data_dir, tmp_path):
+    args = ["bnn_resnet20", "--dataset", "fashion_mnist", "--epochs", "2", "--batch-size", "32",
+            "--train-images", "256", "--test-images", "32", "--data-dir", fashion_mnist_data_dir,
+            "--output", str(tmp_path), "--no-export", "--quiet"]
+    with open(tmp_path / "stderr.log", "w") as stderr:
+        process = subprocess.Popen([sys.executable, "-m", "training", *args], stdout=subprocess.DEVNULL, stderr=stderr)
+        deadline = time.monotonic() + 600
+        while checkpoint.latest_checkpoint(tmp_path) is None and process.poll() is None:
+            assert time.monotonic() < deadline, "no checkpoint after 10 minutes"
+            time.sleep(0.05)
+        time.sleep(0.5)  # into the second epoch (8 steps)
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+    assert process.returncode == -signal.SIGKILL
+    assert checkpoint.latest_checkpoint(tmp_path).name == "epoch-0001"  # killed before epoch 2 finished
+    assert [row["epoch"] for row in logs.read_history(tmp_path)] == [1]
+
+    assert zoo_main(["train", *args, "--resume"]) == 0
+    history = logs.read_history(tmp_path)
+    recipe = recipe_for("bnn_resnet20", 2, 32)
+    assert [row["epoch"] for row in history] == [1, 2]
+    assert [row["lr"] for row in history] == pytest.approx([recipe.learning_rate_at(e) for e in range(2)])
+    final = tmp_path / "checkpoints" / "epoch-0002"
+    assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == [final.name]  # no temporary left either
+    assert checkpoint.read_state(final)["history"] == history
+    assert json.loads((tmp_path / "report.json").read_text())["epochs_done"] == 2
+    reader = tf.train.load_checkpoint(str(final / "ckpt"))
+    assert reader.get_tensor("model/optimizer/_iterations/.ATTRIBUTES/VARIABLE_VALUE") == 2 * 8  # optimizer restored
+
+
+def test_checkpoints_round_trip_a_wrapped_rbnn_student_its_teacher_and_the_optimizer(tmp_path):
+    from zoo.distillation import Distiller, FeatureMatching, KnowledgeDistillation, stage_outputs
+
+    def build():
+        student = zoo.load("rbnn_resnet20", weights=None, input_shape=SHAPE)
+        teacher = zoo.load("fp_resnet20", weights=None, input_shape=SHAPE)
+        trainer = Distiller(student, teacher, terms=[KnowledgeDistillation(), FeatureMatching()],
+                            taps=stage_outputs(student))
+        recipe_for("rbnn_resnet20", 4, 8).compile(trainer)
+        return trainer
+
+    trainer = build()
+    callbacks = loop._callbacks_on(recipe_for("rbnn_resnet20", 4, 8).callbacks("rbnn_resnet20"), trainer,
+                                   trainer.student, "rbnn_resnet20", 4)
+    x = np.random.default_rng(0).uniform(0, 255, (16, *SHAPE)).astype(np.float32)
+    first_r1 = rbnn.rbnn_layers(trainer.student)[0].r1.numpy().copy()
+    trainer.fit(x, np.arange(16) % 10, batch_size=8, epochs=1, callbacks=callbacks, verbose=0)
+    assert not np.array_equal(first_r1, rbnn.rbnn_layers(trainer.student)[0].r1.numpy())  # ran on the student
+    state = {"run": {"model": "rbnn_resnet20"}, "epochs_done": 1, "history": []}
+    saved = checkpoint.write_checkpoint(trainer, state, tmp_path)
+
+    fresh = build()
+    assert checkpoint.restore_checkpoint(fresh, saved) == state
+    for original, restored in ((trainer.student, fresh.student), (trainer.teacher, fresh.teacher)):
+        for a, b in zip(original.weights, restored.weights):
+            np.testing.assert_array_equal(a.numpy(), b.numpy(), err_msg=a.name)
+    fresh.optimizer.build(fresh.student.trainable_variables)  # slots are restored when created
+    for a, b in zip(trainer.optimizer.variables(), fresh.optimizer.variables()):
+        np.testing.assert_array_equal(a.numpy(), b.numpy(), err_msg=a.name)
+    assert int(fresh.optimizer.iterations) >= 2  # the epoch's 2 steps (RBCN's BN pass adds its own)
+
+
+#: every method with a recipe of its own, and bnn for the default recipe that fp, xnor and
+#: bireal share with it (distilling from a teacher: --teacher for any recipe); rbnn's runs in
+#: the finished-run test above, rbcn's under MirroredStrategy in test_distributed.py
+METHODS = sorted({registry.get_model_spec(name).scheme.name for name in zoo.list_models("*_resnet20")
+                  if recipe_class(registry.get_model_spec(name).scheme.name) is not Recipe}
+                 - {"rbnn", "rbcn"} | {"bnn"})
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_every_method_trains_and_checkpoints_on_real_batches(method, fashion_mnist_data_dir, tmp_path):
+    name = f"{method}_resnet20"
+    teacher = None
+    if method == "bnn":  # a random full-precision teacher: this is about the wiring, not the accuracy
+        teacher = str(tmp_path / "teacher.h5")
+        zoo.load("fp_resnet20", weights=None, input_shape=SHAPE).save_weights(teacher)
+    model, report = loop.train(name, "fashion_mnist", epochs=1, batch_size=16, train_images=32, test_images=16,
+                               teacher=teacher, data_dir=fashion_mnist_data_dir, output=tmp_path / "run",
+                               export=False, verbose=0)
+    assert report["epochs_done"] == 1 and math.isfinite(report["history"][0]["loss"])
+    assert 0.0 <= report["final_val_accuracy"] <= 1.0
+    assert (teacher is not None) == ("kd_loss" in report["history"][0])
+    assert_checkpoint_restores(name, model, tmp_path / "run", fashion_mnist_data_dir)
+
+
+def assert_checkpoint_restores(name, model, output, data_dir):
+    """The run's checkpoint restores into a freshly built model fit drives (the recipe's
+    wrapper, its teacher built as a resumed run builds it): same weights, optimizer state."""
+    saved = checkpoint.latest_checkpoint(output)
+    settings = checkpoint.read_state(saved)["run"]
+    recipe = recipe_for(name, settings["epochs"], settings["batch_size"])
+    teacher = loop._teacher(recipe, settings, data_dir, SHAPE, 10, resuming=True, verbose=0)
+    fresh = recipe.wrap(zoo.load(name, weights=None, input_shape=SHAPE), teacher)
+    recipe.compile(fresh)
+    checkpoint.restore_checkpoint(fresh, saved)
+    for a, b in zip(model.weights, getattr(fresh, "student", fresh).weights):
+        np.testing.assert_array_equal(a.numpy(), b.numpy(), err_msg=a.name)
+    assert int(fresh.optimizer.iterations) >= 2  # the epoch's 2 steps (RBCN's BN pass adds its own)

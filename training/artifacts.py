@@ -1,0 +1,175 @@
+"""What a finished run leaves for users: the weights file, its manifest entry, the .tflite.
+
+**Weights.** The *training* model's weights (everything ``zoo.load(name, weights=path)``
+restores, so the file also fine-tunes: latent kernels, RBNN's rotations and schedule
+state, BN statistics) in Keras' HDF5 layout, in the smallest storage that is lossless
+for accuracy, which is measured rather than assumed: the first of float16 for every
+float array, float16 for the binary convs' latent kernels only (the bulk of a binary
+model's bytes; BN statistics, scales, rotations and the float layers stay float32), and
+float32, whose reloaded model has exactly the float32 model's test accuracy (the same
+number of correct predictions; how many predictions changed is reported). Rounding is
+not harmless in a binary net: a latent weight or pre-activation near zero changes sign.
+Large arrays are gzip-compressed (lossless). Binary latent kernels stay floats, not
+signs: only their signs matter to the ±1 inference kernel, but XNOR / Bi-Real scales and
+RBNN's standardisation and rotations read their magnitudes, and fine-tuning needs them.
+
+**Deployment.** The .tflite of ``zoo.deploy.convert`` (the LCE flatbuffer of the
+inference model ``zoo.to_inference`` for binary models) and the parity of each step on
+the first test images: training vs inference model (Keras), LCE interpreter vs inference
+model (``convert``'s own verification).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+from typing import Callable
+
+import h5py
+import numpy as np
+import tf_keras as keras
+
+from zoo import registry
+from zoo.export import binary_exports, to_inference
+from zoo.weights import sha256_file
+
+#: arrays smaller than this are stored uncompressed (a chunked, filtered dataset costs more)
+_COMPRESS_FROM = 1024
+PARITY_IMAGES = 1024
+
+
+def predictions(model: keras.Model, data) -> np.ndarray:
+    return model.predict(data, verbose=0)
+
+
+def labels_of(data) -> np.ndarray:
+    return np.concatenate([labels.numpy() for _, labels in data])
+
+
+def first_examples(data, count: int) -> tuple[np.ndarray, np.ndarray]:
+    """The first ``count`` (images, labels) of a batched dataset, as arrays."""
+    images, labels = [], []
+    for x, y in data:
+        images.append(x.numpy())
+        labels.append(y.numpy())
+        if sum(map(len, labels)) >= count:
+            break
+    return np.concatenate(images)[:count], np.concatenate(labels)[:count]
+
+
+def _rewrite_weights(source: Path, target: Path, to_float16: Callable[[str, np.ndarray], bool]) -> int:
+    """Copies a Keras HDF5 weights file, storing the float32 arrays for which
+    ``to_float16(layer_name, array)`` as float16 and gzip-compressing large arrays;
+    returns how many arrays became float16."""
+    converted = 0
+    with h5py.File(source, "r") as src, h5py.File(target, "w") as dst:
+        dst.attrs.update(src.attrs)
+        for raw in src.attrs["layer_names"]:
+            layer = raw.decode() if isinstance(raw, bytes) else str(raw)
+            group = dst.create_group(layer)
+            group.attrs.update(src[layer].attrs)
+            for raw_name in src[layer].attrs["weight_names"]:
+                name = raw_name.decode() if isinstance(raw_name, bytes) else str(raw_name)
+                value = src[layer][name][()]
+                if value.dtype == np.float32 and to_float16(layer, value):
+                    value = value.astype(np.float16)
+                    converted += 1
+                large = value.size >= _COMPRESS_FROM
+                group.create_dataset(name, data=value, compression="gzip" if large else None, shuffle=large)
+    return converted
+
+
+def storages(binary_layers: set[str]) -> dict[str, Callable[[str, np.ndarray], bool]]:
+    """The storages tried, smallest first: which float32 arrays each stores as float16."""
+    return {
+        "float16": lambda layer, value: True,
+        # the latent HWIO kernels of the binary convs: the bulk of a binary model's bytes
+        "float16 binary kernels": lambda layer, value: layer in binary_layers and value.ndim == 4,
+        "float32": lambda layer, value: False,
+    }
+
+
+@dataclasses.dataclass
+class StoredWeights:
+    """What :func:`store_weights` chose and measured, and the model built from the file."""
+
+    storage: str
+    test_images: int
+    correct: int
+    candidates: dict
+    model: keras.Model
+
+    def as_dict(self) -> dict:
+        return {"storage": self.storage, "test_images_compared": self.test_images, "correct": self.correct,
+                "candidates": self.candidates}
+
+
+def store_weights(float32_file: Path, target: Path, load: Callable[[str], keras.Model], test_data) -> StoredWeights:
+    """Writes ``target``: the weights of ``float32_file`` in the smallest storage that
+    keeps the test accuracy of the float32 weights exactly (same number of correct
+    predictions on ``test_data``, models built by ``load(path)`` as users build them)."""
+    labels = labels_of(test_data)
+    reference_model = load(str(float32_file))
+    reference = predictions(reference_model, test_data).argmax(1)
+    correct = int(np.sum(reference == labels))
+    measured = {}
+    candidate = target.with_name(f".{target.name}.candidate")
+    try:
+        for storage, to_float16 in storages(set(binary_exports(reference_model))).items():
+            converted = _rewrite_weights(float32_file, candidate, to_float16)
+            if converted == 0 and storage != "float32":
+                continue  # nothing to store as float16 (e.g. no binary layers): same as float32
+            model = load(str(candidate))
+            reloaded = predictions(model, test_data).argmax(1)
+            measured[storage] = {"correct": int(np.sum(reloaded == labels)),
+                                 "changed_predictions": int(np.sum(reloaded != reference)),
+                                 "bytes": candidate.stat().st_size}
+            if measured[storage]["correct"] == correct:
+                os.replace(candidate, target)
+                return StoredWeights(storage, len(labels), correct, measured, model)
+    finally:
+        candidate.unlink(missing_ok=True)
+    raise AssertionError(f"float32 storage changed the accuracy ({measured}): the weights file does not round-trip")
+
+
+def keras_parity(model: keras.Model, images: np.ndarray) -> dict:
+    """The training model against its inference model (``zoo.to_inference``), in Keras."""
+    trained = model.predict(images, verbose=0)
+    inference = to_inference(model).predict(images, verbose=0) if binary_exports(model) else trained
+    per_sample = np.max(np.abs(trained - inference), axis=1)
+    return {
+        "samples": len(images),
+        "share_within_1e-4": float(np.mean(per_sample <= 1e-4)),
+        "max_relative_error": float(per_sample.max() / max(np.abs(trained).max(), 1e-12)),
+        "top1_agreement": float(np.mean(trained.argmax(1) == inference.argmax(1))),
+    }
+
+
+def export_run(model_name: str, dataset: str, output: Path, float32_file: Path, load: Callable[[str], keras.Model],
+               test_data, *, input_shape, classes: int, command: str) -> dict:
+    """The weights file, its manifest entry and the .tflite (``zoo.deploy.convert``: LCE
+    for binary models, verified in LCE's interpreter) with the parity of each step."""
+    from zoo.deploy import convert
+
+    weights_file = output / f"{model_name}-{dataset}.h5"
+    stored = store_weights(float32_file, weights_file, load, test_data)
+    shipped = stored.model  # built by zoo.load from the file as shipped
+    entry = registry.PretrainedEntry(
+        name=model_name, tag=dataset, dataset=dataset, input_shape=tuple(input_shape), classes=classes,
+        sha256=sha256_file(weights_file), file=weights_file.name, size=weights_file.stat().st_size,
+        metrics={"top1": round(100 * stored.correct / stored.test_images, 2), "test_images": stored.test_images},
+        command=command,
+    ).as_dict()
+
+    images, _ = first_examples(test_data, PARITY_IMAGES)
+    tflite_file = output / f"{model_name}-{dataset}.tflite"
+    conversion = convert(shipped, tflite_file, verify_data=images).as_dict()
+    conversion.update(file=tflite_file.name, keras_parity=keras_parity(shipped, images))
+    del conversion["path"], conversion["model"]
+    return {
+        "weights": {"file": weights_file.name, "sha256": entry["sha256"], "bytes": entry["size"], **stored.as_dict()},
+        "test_top1": stored.correct / stored.test_images,
+        "manifest_entry": entry,
+        "tflite": conversion,
+    }
