@@ -218,6 +218,9 @@ def test_real_training_steps_lower_the_loss_then_the_centre_loss_stage_starts(fa
     centre_term = np.array(history["loss"]) - np.array(history["task_loss"])
     assert np.all(centre_term[:2] == 0) and centre_term[2] == pytest.approx(1e-3 * history["centre_loss"][2], rel=1e-3)
     assert history["centre_loss"][2] > 0 and np.abs(trainable.centres.numpy()).sum() > 0
+    evaluation = trainable.evaluate(data, return_dict=True, verbose=0)
+    assert evaluation["task_loss"] > 0 and evaluation["centre_loss"] > 0
+    assert evaluation["loss"] == pytest.approx(evaluation["task_loss"] + 1e-3 * evaluation["centre_loss"], rel=1e-5)
     assert trainable.student is model
 
 

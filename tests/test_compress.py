@@ -55,6 +55,7 @@ def test_pruning_reaches_the_target_on_float_layers_and_strip_leaves_plain_layer
     np.testing.assert_allclose(stripped.predict(x, verbose=0), pruning.model.predict(x, verbose=0), atol=1e-6)
 
 
+@pytest.mark.slow
 def test_pruning_leaves_binary_convs_alone_and_the_stripped_model_exports(fashion_mnist_data_dir):
     model = build("rbnn_resnet20")  # its training layers: α is folded into BN on export
     pruning = compress.prune(model, 0.5, schedule="constant", frequency=1)
@@ -193,6 +194,7 @@ def accuracy(predictions, labels):
     return float(np.mean(np.argmax(predictions, -1) == labels))
 
 
+@pytest.mark.slow
 def test_qat_calibrates_fine_tunes_and_converts_with_int8_float_parts(fashion_mnist_data_dir, tmp_path):
     train = fashion(fashion_mnist_data_dir, images=256)
     model = build("bnn_resnet20")
@@ -227,6 +229,7 @@ def test_qat_calibrates_fine_tunes_and_converts_with_int8_float_parts(fashion_mn
     assert accuracy(lce, y) == pytest.approx(accuracy(qat.predict(x, verbose=0), y), abs=0.05)
 
 
+@pytest.mark.slow
 def test_qat_of_the_whole_graph_gives_an_int8_binary_body(fashion_mnist_data_dir):
     train = fashion(fashion_mnist_data_dir, images=64)
     qat = compress.quantize(build("rbnn_resnet20"), train, scope="all")
@@ -287,6 +290,7 @@ def test_cli_prune_ratio_outside_zero_one_is_an_error(tmp_path, capsys):
 
 
 # -- the pipeline ---------------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_cli_compress_runs_end_to_end_on_real_images(fashion_mnist_data_dir, tmp_path, capsys):
     output = tmp_path / "out"
     status = cli.main(["compress", "bnn_resnet20", "--prune", "0.5", "--qat", "--epochs", "1",

@@ -198,9 +198,9 @@ class CentreLossModel(keras.Model):
     centres start at 0 and after every step move towards their classes' features at
     ``centre_rate`` (Wen et al.'s rule, shared with BONN), whatever the weight, so they
     are the classes' running feature means when :class:`CentreLossStage` switches the
-    loss on. Compile it with a sparse categorical cross-entropy; inference and
-    evaluation are the wrapped model's (``student``) own, and only the student is saved
-    or exported.
+    loss on. Compile it with a sparse categorical cross-entropy. Training and evaluation
+    report ``loss``, ``task_loss`` and ``centre_loss``; predictions are the wrapped
+    model's (``student``) own, and only the student is saved or exported.
     """
 
     def __init__(self, student: keras.Model, weight: float = CENTRE_LOSS_WEIGHT, centre_rate: float = CENTRE_RATE,
@@ -230,21 +230,32 @@ class CentreLossModel(keras.Model):
         compiled = self.compiled_metrics.metrics if self.compiled_metrics is not None else []
         return [*self._trackers, *compiled]
 
-    def train_step(self, data):
-        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+    def _loss_terms(self, x, y, sample_weight, training):
+        features, predictions = self._features_and_outputs(x, training=training)
         labels = tf.reshape(tf.cast(y, tf.int32), [-1])
-        with tf.GradientTape() as tape:
-            features, predictions = self._features_and_outputs(x, training=True)
-            task = self.compiled_loss(y, predictions, sample_weight, regularization_losses=self.student.losses)
-            centre = centre_loss(features, self.centres, labels)
-            loss = task + self.weight * centre
-        variables = self.student.trainable_variables
-        self.optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
-        centre_update(self.centres, tf.stop_gradient(features), labels, self.centre_rate)
-        for tracker, value in zip(self._trackers, (loss, task, centre)):
+        task = self.compiled_loss(y, predictions, sample_weight, regularization_losses=self.student.losses)
+        centre = centre_loss(features, self.centres, labels)
+        return features, labels, predictions, (task + self.weight * centre, task, centre)
+
+    def _report(self, y, predictions, sample_weight, terms):
+        for tracker, value in zip(self._trackers, terms):
             tracker.update_state(value)
         self.compiled_metrics.update_state(y, predictions, sample_weight)
         return {m.name: m.result() for m in self.metrics}
+
+    def train_step(self, data):
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        with tf.GradientTape() as tape:
+            features, labels, predictions, terms = self._loss_terms(x, y, sample_weight, training=True)
+        variables = self.student.trainable_variables
+        self.optimizer.apply_gradients(zip(tape.gradient(terms[0], variables), variables))
+        centre_update(self.centres, tf.stop_gradient(features), labels, self.centre_rate)
+        return self._report(y, predictions, sample_weight, terms)
+
+    def test_step(self, data):
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        _, _, predictions, terms = self._loss_terms(x, y, sample_weight, training=False)
+        return self._report(y, predictions, sample_weight, terms)
 
 
 class CentreLossStage(keras.callbacks.Callback):
