@@ -67,6 +67,9 @@ def main(argv=None):
                "best test accuracy": max(history["val_accuracy"]),
                "final test accuracy": accuracy(student, test_data, labels)}
         if variant == "faithful":
+            rectifiers = [layer.rectifier.numpy().ravel() for layer in rbcn.rectified_layers(student)]
+            row["rectifiers"] = {"negative share": float(np.mean(np.concatenate(rectifiers) < 0)),
+                                 "per layer std / |mean|": [float(c.std() / abs(c.mean())) for c in rectifiers]}
             rbcn.approximate_rectifiers(student)
             row["C -> mean C"] = accuracy(student, test_data, labels)
             rbcn.recalibrate_batch_norm(student, train_data, args.recalibration_steps)
@@ -79,11 +82,15 @@ def main(argv=None):
     rows = [[name, *[f"{row[c]:.2%}" if c in row else "" for c in columns], row.get("train seconds", "")]
             for name, row in results.items()]
     command = "python benchmarks/rbcn_variants.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    faithful = results[f"{MODEL} (faithful)"]["rectifiers"]
+    spread = faithful["per layer std / |mean|"]
     table = markdown_table(rows, ["model", *columns, "train seconds"])
     table += (f"\n\nReal Fashion-MNIST (10 000 test images), {args.epochs} epochs x {args.train_images} training "
               f"images, batch {args.batch_size}, the RBCN recipe and the same fp_resnet20 teacher (trained first "
               f"with the same budget) for both variants; BN recalibration: {args.recalibration_steps} training "
-              f"batches.\n\n`{command}`")
+              f"batches. The faithful rectifiers before the approximation: {faithful['negative share']:.0%} "
+              f"of their entries negative, std / |mean| per layer {min(spread):.1f}-{max(spread):.1f}."
+              f"\n\n`{command}`")
     write_results(args.name, {"command": command, "results": results}, table)
 
 
