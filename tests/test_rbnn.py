@@ -245,3 +245,47 @@ def test_rotations_and_schedule_position_travel_with_the_weights_file(tmp_path):
         assert restored.kernel_quantizer.t.numpy() == pytest.approx(rbnn.sign_schedule(7, 10)["t_weights"])
     x = random_pixels((28, 28, 1))
     np.testing.assert_array_equal(model(x).numpy(), loaded(x).numpy())
+
+
+def test_the_storage_form_has_the_same_outputs_and_survives_float16():
+    """fold_rotations (the storage rule): identity rotations and a kernel whose signs are
+    w̃'s and far from zero, so float16 latent kernels change no binary weight."""
+    model = zoo.load("rbnn_resnet20", weights=None, input_shape=(28, 28, 1), classes=10)
+    randomize_batch_norms(model)
+    layers = rbnn.rbnn_layers(model)
+    rng = np.random.default_rng(0)
+    for layer in layers:
+        layer.theta.assign(rng.uniform(0.3, 3.0, layer.theta.shape).astype(np.float32))
+    layers[0].alpha.assign(-layers[0].alpha)
+    x = random_pixels((28, 28, 1), batch=16)
+    before = model.predict(x, verbose=0)
+    kernels = [to_inference(model).get_layer(layer.name).get_weights()[0] for layer in layers]
+
+    assert zoo.schemes.base.apply_storage_rules(model) == [layer.name for layer in layers]
+    for layer in layers:
+        np.testing.assert_array_equal(layer.r1.numpy(), np.eye(layer.r1.shape[0]))
+        layer.kernel.assign(layer.kernel.numpy().astype(np.float16).astype(np.float32))
+    np.testing.assert_array_equal(model.predict(x, verbose=0), before)
+    for layer, kernel in zip(layers, kernels):
+        np.testing.assert_array_equal(to_inference(model).get_layer(layer.name).get_weights()[0], kernel)
+
+
+def test_the_storage_form_of_single_signed_rows():
+    """A w̃ row of positive signs only becomes equal entries (standardized: 0, sign +1);
+    one of negative signs only has no standardized form and leaves the layer as it is."""
+    layer = rbnn.RBNNConv2D(3, 3)
+    layer.build((None, 8, 8, 4))
+    rng = np.random.default_rng(0)
+    target = rng.normal(size=(3, *layer.rotation_shape)).astype(np.float32)
+    target[1] = np.abs(target[1])
+    layer.mixed_weights = lambda: tf.constant(target)  # what the trained rotations would give
+    assert rbnn.fold_rotations(layer)
+    del layer.mixed_weights
+    folded = layer.kernel_quantizer(layer.mixed_weights()).numpy()
+    np.testing.assert_array_equal(folded, np.where(target >= 0, 1.0, -1.0))
+
+    kernel = layer.kernel.numpy()
+    target[2] = -np.abs(target[2])
+    layer.mixed_weights = lambda: tf.constant(target)
+    assert not rbnn.fold_rotations(layer)
+    np.testing.assert_array_equal(layer.kernel.numpy(), kernel)

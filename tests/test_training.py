@@ -105,6 +105,14 @@ def test_weights_are_stored_in_float16_only_where_that_keeps_the_accuracy(tmp_pa
     np.testing.assert_array_equal(chosen["float32"], np.array([[1.0001, 1.0002]], np.float32))
 
 
+def test_a_storage_is_lossless_within_a_tenth_of_a_point_and_one_percent_of_predictions():
+    assert artifacts.lossless({"correct": 7172, "changed_predictions": 48}, 7177, 10_000)  # xnor_resnet20's float16
+    assert artifacts.lossless({"correct": 7187, "changed_predictions": 100}, 7177, 10_000)
+    assert not artifacts.lossless({"correct": 7166, "changed_predictions": 20}, 7177, 10_000)
+    assert not artifacts.lossless({"correct": 7177, "changed_predictions": 101}, 7177, 10_000)
+    assert not artifacts.lossless({"correct": 3915, "changed_predictions": 3856}, 3901, 10_000)  # chaotic float16
+
+
 def test_resume_with_a_checkpoint_of_another_run_is_refused(tmp_path, capsys):
     settings = {"model": "rbnn_resnet20", "dataset": "fashion_mnist", "method": "rbnn", "epochs": 2, "batch_size": 32,
                 "train_images": None, "teacher": None, "seed": 0}

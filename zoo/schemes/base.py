@@ -67,9 +67,45 @@ def export_rule(layer_class: type):
 
 
 def find_export_rule(layer: keras.layers.Layer):
+    return _find_rule(_EXPORT_RULES, layer)
+
+
+_STORAGE_RULES: dict[type, Callable[[keras.layers.Layer], bool]] = {}
+
+
+def storage_rule(layer_class: type):
+    """Register ``fn(layer) -> bool`` as the storage rule of a layer class.
+
+    A storage rule rewrites a trained layer's variables, in place, into an equivalent
+    form (the same forward, so the same ±1 kernel and outputs) whose binary weights keep
+    their signs when the latent kernel is stored as float16; it returns False, changing
+    nothing, when the layer has no such form. Layers whose ±1 kernel is the latent
+    kernel's elementwise sign need none (float16 rounding keeps signs); RBNN, whose
+    signs are those of a rotated mix of the kernel, has one.
+    """
+
+    def register(fn):
+        _STORAGE_RULES[layer_class] = fn
+        return fn
+
+    return register
+
+
+def apply_storage_rules(model: keras.Model) -> list[str]:
+    """Applies every layer's storage rule; returns the names of the layers rewritten."""
+    rewritten = []
+    for layer in model.layers:
+        rule = _find_rule(_STORAGE_RULES, layer)
+        if rule is not None and rule(layer):
+            rewritten.append(layer.name)
+    return rewritten
+
+
+def _find_rule(rules: dict, layer: keras.layers.Layer):
+    """The rule of the most specific class along the layer's MRO."""
     for cls in type(layer).__mro__:
-        if cls in _EXPORT_RULES:
-            return _EXPORT_RULES[cls]
+        if cls in rules:
+            return rules[cls]
     return None
 
 

@@ -34,7 +34,7 @@ import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
-from zoo.schemes.base import BinaryExport, Reported, Scheme, conv_initializer, export_rule
+from zoo.schemes.base import BinaryExport, Reported, Scheme, conv_initializer, export_rule, storage_rule
 
 T_MIN, T_MAX = 1e-2, 1e1
 WEIGHT_STD_EPS = 1e-8
@@ -337,6 +337,41 @@ def export_rbnn_conv(layer: RBNNConv2D) -> BinaryExport:
         ),
         pre_layers=pre,
     )
+
+
+#: how far from zero (in units of the standardized weights) the stored form keeps every weight
+STORAGE_MARGIN = 0.5
+
+
+@storage_rule(RBNNConv2D)
+def fold_rotations(layer: RBNNConv2D) -> bool:
+    """Rewrites the layer into the equivalent form with identity rotations (for storage).
+
+    The forward depends on the kernel only through ``sign(w̃)``. With R1 = R2 = I,
+    ``w̃ = X`` for any θ, so a kernel whose standardized rows have the signs of the
+    trained ``w̃`` gives the same layer. Its entries are ``sign(w̃)·(|w̃| + margin)``, the
+    negative ones rescaled so that every row has mean zero: standardizing keeps each
+    sign, and every entry is at least ``margin`` from zero, so float16 rounding cannot
+    flip one (a row of positive signs only becomes equal entries, which standardize to
+    0, whose sign is +1). α, θ and the sign schedule stay as trained; fine-tuning continues from
+    this form, its rotation updates starting at the identity. A row whose signs are all
+    negative has no such form (standardized rows always hold a non-negative entry): the
+    layer is then left as it is and False returned.
+    """
+    mixed = layer.mixed_weights().numpy().reshape(layer.filters, -1).astype(np.float64)
+    positive = mixed >= 0  # ste_sign(0) = +1
+    if not positive.any(axis=1).all():
+        return False
+    magnitude = np.abs(mixed) + STORAGE_MARGIN
+    positive_sum = np.sum(np.where(positive, magnitude, 0.0), axis=1, keepdims=True)
+    negative_sum = np.sum(np.where(positive, 0.0, magnitude), axis=1, keepdims=True)
+    scale = np.divide(positive_sum, negative_sum, out=np.ones_like(negative_sum), where=negative_sum > 0)
+    rows = np.where(positive, magnitude, -magnitude * scale)
+    rows[positive.all(axis=1)] = 1.0  # an all-positive row: equal entries standardize to 0, whose sign is +1
+    layer.kernel.assign(layer._to_hwio(tf.constant(rows, tf.float32)))
+    layer.r1.assign(tf.eye(layer.r1.shape[0]))
+    layer.r2.assign(tf.eye(layer.r2.shape[0]))
+    return True
 
 
 class RBNN(Scheme):
