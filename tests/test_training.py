@@ -21,7 +21,7 @@ from zoo.cli import main as zoo_main
 from zoo.export import op_histogram, to_inference
 from zoo.schemes import rbnn
 
-from training import artifacts, checkpoint, logs, loop
+from training import artifacts, checkpoint, logs, loop, publish
 from training.recipe import Recipe, recipe_class, recipe_for
 
 RUN = ["rbnn_resnet20", "--dataset", "fashion_mnist", "--epochs", "2", "--batch-size", "32", "--train-images", "128",
@@ -77,6 +77,21 @@ def test_a_finished_run_leaves_checkpoint_logs_weights_manifest_entry_and_tflite
     assert tflite["parity"]["samples"] == tflite["keras_parity"]["samples"] == 64
     assert np.mean(lce.argmax(1) == keras_inference.argmax(1)) == tflite["parity"]["top1_agreement"] >= 0.95
     assert tflite["keras_parity"]["share_within_1e-4"] >= 0.99
+
+    # publishing: the file goes next to the manifest, the entry gets its reload check,
+    # publishing again replaces the entry, a changed weights file is refused and not copied
+    manifest = tmp_path / "pretrained" / "manifest.json"
+    for _ in range(2):
+        published = publish.publish(tmp_path, manifest, check_images=64, data_dir=fashion_mnist_data_dir)
+    assert published["metrics"]["top1_first_64"] == entry["metrics"]["top1"]
+    assert [row["name"] for row in json.loads(manifest.read_text())["entries"]] == ["rbnn_resnet20"]
+    assert sha256(manifest.parent / entry["file"]) == entry["sha256"]
+    with open(weights_file, "ab") as handle:
+        handle.write(b"\0")
+    (manifest.parent / entry["file"]).unlink()
+    with pytest.raises(ValueError, match="sha256"):
+        publish.publish(tmp_path, manifest, check_images=64, data_dir=fashion_mnist_data_dir)
+    assert sorted(p.name for p in manifest.parent.iterdir()) == ["manifest.json"]
 
 
 def test_weights_are_stored_in_float16_only_where_that_keeps_the_accuracy(tmp_path):

@@ -53,11 +53,14 @@ def publish(run_dir: str | Path, manifest: str | Path = registry.DEFAULT_MANIFES
     entry = json.loads(entry_file.read_text())
     source, target = run_dir / entry["file"], manifest.parent / entry["file"]
     partial = target.with_name(f".{target.name}.partial")
-    shutil.copyfile(source, partial)
-    if sha256_file(partial) != entry["sha256"]:
-        partial.unlink()
-        raise ValueError(f"{source}: sha256 differs from its manifest entry; the run's weights file changed.")
-    partial.replace(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        shutil.copyfile(source, partial)
+        if sha256_file(partial) != entry["sha256"]:
+            raise ValueError(f"{source}: sha256 differs from its manifest entry; the run's weights file changed.")
+        partial.replace(target)
+    finally:
+        partial.unlink(missing_ok=True)
 
     model = zoo.load(entry["name"], weights=str(target), input_shape=tuple(entry["input_shape"]),
                      classes=entry["classes"], **entry.get("builder_kwargs", {}))
