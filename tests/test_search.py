@@ -232,3 +232,24 @@ def test_a_registered_name_is_not_silently_replaced(tmp_path, isolated_registry)
         zoo.register_searched(other)
     with pytest.raises(ValueError, match="not found"):
         zoo.load(str(tmp_path / "missing.json"))
+
+
+def test_a_searched_architecture_trains_with_zoo_train_named_after_itself(tmp_path, fashion_mnist_data_dir,
+                                                                           isolated_registry, monkeypatch):
+    genotype = Genotype("conv3x3_s2", (Stage(8, 1, (Node((0,), ("bconv3x3",)),)),))
+    config = {"format": "zoo-searched-architecture", "version": 1, "name": "mine", "scheme": "bnn",
+              "input_shape": [28, 28, 1], "classes": 10, "genotype": genotype.to_dict()}
+    path = tmp_path / "searched" / "best.json"
+    path.parent.mkdir()
+    path.write_text(json.dumps(config))
+    monkeypatch.chdir(tmp_path)
+    status = cli.main(["train", str(path), "--dataset", "fashion_mnist", "--epochs", "1", "--batch-size", "32",
+                       "--train-images", "64", "--test-images", "32", "--data-dir", fashion_mnist_data_dir, "--quiet"])
+    assert status == 0
+    run = tmp_path / "runs" / "bnn_mine-fashion_mnist"
+    entry = json.loads((run / "manifest_entry.json").read_text())
+    assert entry["name"] == "bnn_mine" and entry["file"] == "bnn_mine-fashion_mnist.h5"
+    assert (run / "bnn_mine-fashion_mnist.tflite").stat().st_size > 0
+    assert op_histogram((run / "bnn_mine-fashion_mnist.tflite").read_bytes())["LceBconv2d"] == 1
+    reloaded = zoo.load(str(path), weights=str(run / entry["file"]))
+    assert reloaded.output_shape == (None, 10)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from zoo import registry
 from zoo.data import DatasetNotFoundError
 
 from training.checkpoint import ResumeError
@@ -19,7 +20,8 @@ def run(args) -> int:
         import tensorflow_datasets as tfds
 
         tfds.disable_progress_bar()
-    output = args.output or str(Path("runs") / f"{args.model}-{args.dataset}")
+    name = registry.get_model_spec(args.model).name  # a searched architecture's name, not its file's path
+    output = args.output or str(Path("runs") / f"{name}-{args.dataset}")
     try:
         train(args.model, args.dataset, epochs=args.epochs, batch_size=args.batch_size, method=args.recipe,
               data_dir=args.data_dir, output=output, resume=args.resume, strategy=args.strategy,

@@ -270,7 +270,8 @@ def command_line(settings: dict, scheme: str, test_images: int | None) -> str:
 def _export(model, report, out: Path, index: int, input_shape, info, test_data) -> dict:
     """Every worker saves the final weights (reading BN statistics is collective); the
     chief turns them into the artifacts."""
-    name, dataset = report["model"], report["dataset"]
+    model_name, dataset = report["model"], report["dataset"]
+    name = registry.get_model_spec(model_name).name  # a searched architecture's name, not its file's path
     _worker_dir(out, index).mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=_worker_dir(out, index)) as scratch:
         float32_file = Path(scratch) / f"{name}-{dataset}.h5"
@@ -279,7 +280,7 @@ def _export(model, report, out: Path, index: int, input_shape, info, test_data) 
             return {}
 
         def load(path):
-            return zoo.load(name, weights=path, input_shape=tuple(input_shape), classes=info["num_classes"])
+            return zoo.load(model_name, weights=path, input_shape=tuple(input_shape), classes=info["num_classes"])
 
         exported = artifacts.export_run(name, dataset, out, float32_file, load, test_data, input_shape=input_shape,
                                         classes=info["num_classes"], command=report["command"])
