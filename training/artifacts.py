@@ -68,10 +68,10 @@ def first_examples(data, count: int) -> tuple[np.ndarray, np.ndarray]:
     return np.concatenate(images)[:count], np.concatenate(labels)[:count]
 
 
-def _rewrite_weights(source: Path, target: Path, to_float16: Callable[[str, np.ndarray], bool]) -> int:
+def _rewrite_weights(source: Path, target: Path, to_float16: Callable[[str], bool]) -> int:
     """Copies a Keras HDF5 weights file, storing the float32 arrays for which
-    ``to_float16(layer_name, array)`` as float16 and gzip-compressing large arrays;
-    returns how many arrays became float16."""
+    ``to_float16(weight_name)`` (``"layer/variable:0"``) as float16 and gzip-compressing
+    large arrays; returns how many arrays became float16."""
     converted = 0
     with h5py.File(source, "r") as src, h5py.File(target, "w") as dst:
         dst.attrs.update(src.attrs)
@@ -82,7 +82,7 @@ def _rewrite_weights(source: Path, target: Path, to_float16: Callable[[str, np.n
             for raw_name in src[layer].attrs["weight_names"]:
                 name = raw_name.decode() if isinstance(raw_name, bytes) else str(raw_name)
                 value = src[layer][name][()]
-                if value.dtype == np.float32 and to_float16(layer, value):
+                if value.dtype == np.float32 and to_float16(name):
                     value = value.astype(np.float16)
                     converted += 1
                 large = value.size >= _COMPRESS_FROM
@@ -90,13 +90,20 @@ def _rewrite_weights(source: Path, target: Path, to_float16: Callable[[str, np.n
     return converted
 
 
-def storages(binary_layers: set[str]) -> dict[str, Callable[[str, np.ndarray], bool]]:
+def latent_kernels(model: keras.Model) -> set[str]:
+    """The weight names of the binary layers' latent kernels: each one's largest variable
+    (RBCN's rectifier, XNOR's or RBNN's scales, rotations are smaller)."""
+    layers = [model.get_layer(name) for name in binary_exports(model)]
+    return {max(layer.weights, key=lambda variable: variable.shape.num_elements()).name for layer in layers}
+
+
+def storages(latent_kernel_names: set[str]) -> dict[str, Callable[[str], bool]]:
     """The storages tried, smallest first: which float32 arrays each stores as float16."""
     return {
-        "float16": lambda layer, value: True,
-        # the latent HWIO kernels of the binary convs: the bulk of a binary model's bytes
-        "float16 binary kernels": lambda layer, value: layer in binary_layers and value.ndim == 4,
-        "float32": lambda layer, value: False,
+        "float16": lambda name: True,
+        # the binary convs' latent kernels: the bulk of a binary model's bytes
+        "float16 binary kernels": lambda name: name in latent_kernel_names,
+        "float32": lambda name: False,
     }
 
 
@@ -135,7 +142,7 @@ def store_weights(float32_file: Path, target: Path, load: Callable[[str], keras.
             reference_model.save_weights(str(equivalent))
             if np.array_equal(predictions(load(str(equivalent)), test_data).argmax(1), reference):
                 source = equivalent
-        for storage, to_float16 in storages(set(binary_exports(reference_model))).items():
+        for storage, to_float16 in storages(latent_kernels(reference_model)).items():
             converted = _rewrite_weights(source if storage != "float32" else float32_file, candidate, to_float16)
             if converted == 0 and storage != "float32":
                 continue  # nothing to store as float16 (e.g. no binary layers): same as float32
