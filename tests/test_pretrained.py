@@ -1,0 +1,62 @@
+"""The shipped pretrained weights: present, verified, within the size budget, and each
+reproduces its stated accuracy when users load it."""
+
+import json
+import os
+
+import pytest
+
+import zoo
+from zoo import registry
+from zoo.weights import sha256_file
+from training import publish
+
+#: the training issue's list: one ResNet-20 per method at the same budget, and the README's example
+SHIPPED = [f"{method}_resnet20" for method in ("fp", "bnn", "xnor", "bireal", "rbnn", "bonn", "rbcn", "cbcn")] + [
+    "rbnn_resnet18"
+]
+TAG = "fashion_mnist"
+SIZE_BUDGET = 40 * 2**20
+
+
+def shipped_entry(name):
+    return registry.pretrained_entry(name, TAG)
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_listed_with_its_file_checksum_and_command(name):
+    entry = shipped_entry(name)
+    assert name in zoo.list_models(pretrained=True)
+    assert entry.dataset == TAG and entry.classes == 10 and entry.input_shape == (28, 28, 1)
+    assert sha256_file(entry.source) == entry.sha256
+    assert entry.size == os.path.getsize(entry.source)
+    assert entry.command.startswith(f"zoo train {name} --dataset {TAG}")
+    assert 10 < entry.metrics["top1"] <= 100 and entry.metrics["test_images"] == 10_000
+
+
+def test_pretrained_directory_within_budget():
+    directory = registry.manifest_path().parent
+    total = sum(path.stat().st_size for path in directory.iterdir() if path.is_file())
+    assert total < SIZE_BUDGET, f"pretrained/ holds {total / 2**20:.1f} MiB"
+    files = {entry.file for entry in registry.manifest_entries()}
+    assert files == {path.name for path in directory.glob("*.h5")}, "every weights file has one entry and vice versa"
+
+
+def test_same_budget_entries_share_one_command_shape():
+    """The ResNet-20 table compares methods fairly: the same epochs, images, batch and seed."""
+    budgets = set()
+    for name in SHIPPED[:-1]:
+        words = shipped_entry(name).command.split()
+        options = {words[i]: words[i + 1] for i in range(len(words) - 1) if words[i] in
+                   ("--epochs", "--train-images", "--batch-size", "--seed")}
+        budgets.add(json.dumps(options, sort_keys=True))
+    assert len(budgets) == 1, budgets
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_reloaded_weights_reproduce_the_stated_accuracy(name, fashion_mnist_data_dir):
+    entry = shipped_entry(name)
+    model = zoo.load(name, weights=TAG)
+    metric = publish.check_metric(publish.CHECK_IMAGES)
+    measured = publish.top1_on_first(model, TAG, publish.CHECK_IMAGES, data_dir=fashion_mnist_data_dir)
+    assert abs(measured - entry.metrics[metric]) <= 1.0, (measured, entry.metrics)
