@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The main job on a fresh machine: install, then train / evaluate / export / convert a
-# binary ResNet-20 on the real Fashion-MNIST (see training/quickstart.py; args pass through).
+# The main job on a fresh machine: install, then load the shipped rbnn_resnet18 weights,
+# evaluate them on the real Fashion-MNIST, fine-tune a new head on scikit-learn's digits,
+# convert to an LCE .tflite and verify and time it (see training/quickstart.py; args pass through).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install.sh

@@ -1,16 +1,29 @@
-"""The README's main job runs end to end (tiny settings) on the real data."""
+"""The README's main job runs end to end (few images, one head epoch) on the shipped weights."""
 
+from pathlib import Path
+
+from zoo import registry
 from training import quickstart
 
 
-def test_quickstart_trains_exports_converts_and_runs(fashion_mnist_data_dir, tmp_path, capsys):
+def test_digits_are_raw_pixels_split_per_class():
+    (x_train, y_train), (x_test, y_test) = quickstart.digits(28)
+    assert x_train.shape[1:] == (28, 28, 1) and x_test.shape[1:] == (28, 28, 1)
+    assert len(x_train) + len(x_test) == 1797
+    assert 0 <= x_train.min() and 200 < x_train.max() <= 255
+    assert sorted(set(y_test.tolist())) == list(range(10))
+
+
+def test_quickstart_evaluates_fine_tunes_converts_and_runs(fashion_mnist_data_dir, tmp_path, capsys):
     report = quickstart.main([
-        "--model", "xnor_resnet20", "--epochs", "1", "--train-images", "3072",
-        "--data-dir", fashion_mnist_data_dir, "--output", str(tmp_path), "--quiet",
+        "--epochs", "2", "--eval-images", "1000", "--data-dir", fashion_mnist_data_dir,
+        "--output", str(tmp_path), "--quiet",
     ])
-    assert report["test_accuracy"] > 0.4  # ten classes: chance is 0.1
-    assert report["binary_kernel_values"] == [-1.0, 1.0]
-    assert report["lce_ops"]["LceBconv2d"] == 18
-    assert (tmp_path / "xnor_resnet20-fashion_mnist.tflite").stat().st_size == report["tflite_bytes"]
-    assert report["lce_top1_agreement"] >= 0.95
-    assert "test accuracy" in capsys.readouterr().out
+    entry = registry.pretrained_entry("rbnn_resnet18", "fashion_mnist")
+    assert abs(100 * report["fashion_mnist_test_accuracy"] - entry.metrics["top1_first_1000"]) <= 1.0
+    assert report["digits_test_accuracy"] > 0.5  # ten classes: chance is 0.1; the head alone learns them
+    assert report["lce_bconv2d"] == report["binary_layers"] == 16
+    assert report["lce_top1_agreement"] >= 0.99
+    assert Path(report["tflite"]).stat().st_size == report["tflite_bytes"]
+    assert report["lce_latency_ms_median"] > 0
+    assert "digits test accuracy" in capsys.readouterr().out
