@@ -125,11 +125,24 @@ def conv_geometry(layer: keras.layers.Conv2D) -> dict:
     )
 
 
+def conv_output_size(size: int, stride: int, kernel: int, padding: str) -> int:
+    """The output length of a conv along one axis, TF's "same" or "valid" padding."""
+    return -(-size // stride) if padding == "same" else (size - kernel) // stride + 1
+
+
+def conv_output_shape(input_shape, kernel_size, strides, padding: str, filters: int) -> tf.TensorShape:
+    """The NHWC output shape of a conv (``compute_output_shape`` of the zoo's own conv layers)."""
+    shape = tf.TensorShape(input_shape).as_list()
+    spatial = [None if size is None else conv_output_size(size, stride, k, padding)
+               for size, stride, k in zip(shape[1:3], strides, kernel_size)]
+    return tf.TensorShape([shape[0], *spatial, filters])
+
+
 def pad_same(x, kernel_size, strides, value: float):
     """TF "same" padding of an NHWC tensor with a constant (as LCE pads a binarized input)."""
     pads = [[0, 0]]
     for size, stride, k in zip(x.shape[1:3], strides, kernel_size):
-        total = max((-(-size // stride) - 1) * stride + k - size, 0)
+        total = max((conv_output_size(size, stride, k, "same") - 1) * stride + k - size, 0)
         pads.append([total // 2, total - total // 2])
     return tf.pad(x, pads + [[0, 0]], constant_values=value)
 

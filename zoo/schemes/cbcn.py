@@ -42,7 +42,7 @@ import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
-from zoo.schemes.base import BinaryExport, Reported, Scheme, export_rule, pad_same
+from zoo.schemes.base import BinaryExport, Reported, Scheme, conv_output_shape, export_rule, pad_same
 from zoo.schemes.bonn import centre_update
 
 ORIENTATIONS = 4
@@ -145,13 +145,7 @@ class CirculantBinaryConv2D(keras.layers.Layer):
         return tf.nn.conv2d(activations, kernel, self.strides, "VALID") * self.scale()
 
     def compute_output_shape(self, input_shape):
-        shape = tf.TensorShape(input_shape).as_list()
-        k = self.kernel_size[0]
-        spatial = [
-            None if size is None else (-(-size // s) if self.padding == "same" else (size - k) // s + 1)
-            for size, s in zip(shape[1:3], self.strides)
-        ]
-        return tf.TensorShape([shape[0], *spatial, self.filters])
+        return conv_output_shape(input_shape, self.kernel_size, self.strides, self.padding, self.filters)
 
     def get_config(self):
         return {

@@ -34,7 +34,8 @@ import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
-from zoo.schemes.base import BinaryExport, Reported, Scheme, conv_initializer, export_rule, storage_rule
+from zoo.schemes.base import BinaryExport, Reported, Scheme, conv_initializer, conv_output_shape, export_rule
+from zoo.schemes.base import pad_same, storage_rule
 
 T_MIN, T_MAX = 1e-2, 1e1
 WEIGHT_STD_EPS = 1e-8
@@ -204,18 +205,9 @@ class RBNNConv2D(keras.layers.Layer):
         centered = center_per_sample(x)
         return centered / (unbiased_std(centered, [1, 2, 3]) + ACTIVATION_STD_EPS)
 
-    def _output_size(self, size, stride, k):
-        return -(-size // stride) if self.padding == "same" else (size - k) // stride + 1
-
     def _pad(self, x):
         """TF "same" padding with ``pad_values`` (after binarization, as LCE pads)."""
-        if self.padding == "valid":
-            return x
-        pads = [[0, 0]]
-        for size, stride, k in zip(x.shape[1:3], self.strides, self.kernel_size):
-            total = max((self._output_size(size, stride, k) - 1) * stride + k - size, 0)
-            pads.append([total // 2, total - total // 2])
-        return tf.pad(x, pads + [[0, 0]], constant_values=self.pad_values)
+        return x if self.padding == "valid" else pad_same(x, self.kernel_size, self.strides, self.pad_values)
 
     def call(self, inputs):
         activations = self.input_quantizer(self._standardize_input(inputs))
@@ -224,12 +216,7 @@ class RBNNConv2D(keras.layers.Layer):
         return y * self.alpha
 
     def compute_output_shape(self, input_shape):
-        shape = tf.TensorShape(input_shape).as_list()
-        spatial = [
-            None if size is None else self._output_size(size, stride, k)
-            for size, stride, k in zip(shape[1:3], self.strides, self.kernel_size)
-        ]
-        return tf.TensorShape([shape[0], *spatial, self.filters])
+        return conv_output_shape(input_shape, self.kernel_size, self.strides, self.padding, self.filters)
 
     def get_config(self):
         return {
