@@ -1,6 +1,6 @@
 """Compression on real Fashion-MNIST: HRank channel pruning and QAT of the float parts.
 
-    python benchmarks/compress.py rbnn_resnet20 fp_resnet20 --epochs 2 --train-images 15000
+    python benchmarks/compress.py rbnn_resnet20 fp_resnet20 --epochs 4 --train-images 15000 --seeds 3
 
 For each model: its pretrained ``fashion_mnist`` weights when the manifest has them, else
 the model trained here with its own recipe (``--base-epochs`` x ``--base-images``; the
@@ -8,6 +8,12 @@ weights are cached in ``--cache`` and reused). From those weights, two runs of t
 ``zoo compress`` pipeline (:func:`zoo.compress.run_pipeline`), each measured on the 10 000
 test images: ``prune`` (channel pruning ``--ratio`` + ``--epochs`` of fine-tuning) and
 ``qat`` (quantization-aware training of the float parts + ``--epochs`` of fine-tuning).
+
+Each run has a *control*: the uncompressed model after the same fine-tune (a briefly
+trained base gains from any fine-tune; the control separates that from what compression
+costs). A short fine-tune of a binary network ends a point or two apart from one data
+order to the next, so both are repeated for ``--seeds`` data orders and the goal is
+judged on the mean difference to the control.
 Goals (issue 8): pruning cuts binary MACs >= 40 % with <= 1.5 points of accuracy lost;
 QAT makes the float parts' weights in the .tflite >= 2x smaller with <= 0.5 points lost.
 """
@@ -50,8 +56,9 @@ def base_weights(name: str, args) -> tuple[str, str]:
     return str(path), how + f" ({report['train_seconds']} s, best test accuracy {report['best_val_accuracy']:.2%})"
 
 
-def control_accuracy(name: str, weights: str, step: str, args) -> float:
-    """Test accuracy of the uncompressed model after the same fine-tune as ``step``'s.
+def control_accuracy(name: str, weights: str, step: str, seed: int, args) -> float:
+    """Test accuracy of the uncompressed model after the same fine-tune as ``step``'s
+    (same data order: ``seed``).
 
     Fine-tuning alone moves a briefly trained model; this separates that from what the
     compression costs. ``prune``: channel pruning with ratio 0 (the same inference form,
@@ -61,7 +68,8 @@ def control_accuracy(name: str, weights: str, step: str, args) -> float:
     model = zoo.load(name, weights=weights, input_shape=(28, 28, 1), classes=10)
     ranked = zoo.load_dataset(DATASET, "train", batch_size=64, training=False, take=args.train_images,
                               data_dir=args.data_dir)
-    train = zoo.load_dataset(DATASET, "train", batch_size=64, take=args.train_images, data_dir=args.data_dir, seed=0)
+    train = zoo.load_dataset(DATASET, "train", batch_size=64, take=args.train_images, data_dir=args.data_dir,
+                             seed=seed)
     if step == "prune":
         tuned, learning_rate = compress.channel_prune(model, 0.0, ranked).model, args.learning_rate
     else:
@@ -80,9 +88,10 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("models", nargs="+")
     parser.add_argument("--ratio", type=float, default=0.5, help="channel pruning ratio")
-    parser.add_argument("--epochs", type=int, default=2, help="fine-tuning epochs after each step")
+    parser.add_argument("--epochs", type=int, default=4, help="fine-tuning epochs after each step")
     parser.add_argument("--train-images", type=int, default=15_000, help="fine-tuning images per epoch")
     parser.add_argument("--test-images", type=int, default=None, help="default: the whole test split")
+    parser.add_argument("--seeds", type=int, default=3, help="data orders of the fine-tunes (runs and controls)")
     parser.add_argument("--learning-rate", type=float, default=1e-3)
     parser.add_argument("--qat-learning-rate", type=float, default=1e-4)
     parser.add_argument("--base-epochs", type=int, default=3, help="training of models without pretrained weights")
@@ -100,56 +109,83 @@ def main(argv=None):
         weights, how = base_weights(name, args)
         for step, options in (("prune", dict(prune_ratio=args.ratio, structure="channel")),
                               ("qat", dict(prune_ratio=0.0, qat=True))):
-            start = time.perf_counter()
-            report = run_pipeline(
-                name, dataset=DATASET, output_dir=Path(args.output) / f"{name}-{step}", epochs=args.epochs,
-                weights=weights, learning_rate=args.learning_rate, qat_learning_rate=args.qat_learning_rate,
-                train_images=args.train_images, test_images=args.test_images, latency_repeats=args.latency_repeats,
-                data_dir=args.data_dir, verbose=0 if args.quiet else 2,
-                progress=lambda line, label=f"{name} {step}": print(f"{label}: {line}", flush=True), **options,
-            )
-            report["base_weights"] = how
-            report["seconds"] = round(time.perf_counter() - start, 1)
-            report["control_accuracy"] = control_accuracy(name, weights, step, args)
-            print(f"{name} {step}: control (uncompressed, same fine-tune) test accuracy "
-                  f"{report['control_accuracy']:.2%}", flush=True)
-            runs[f"{name}/{step}"] = report
+            for seed in range(args.seeds):
+                label = f"{name} {step} seed {seed}"
+                start = time.perf_counter()
+                report = run_pipeline(
+                    name, dataset=DATASET, output_dir=Path(args.output) / f"{name}-{step}-{seed}", epochs=args.epochs,
+                    weights=weights, learning_rate=args.learning_rate, qat_learning_rate=args.qat_learning_rate,
+                    train_images=args.train_images, test_images=args.test_images,
+                    latency_repeats=args.latency_repeats, data_dir=args.data_dir, seed=seed,
+                    verbose=0 if args.quiet else 2,
+                    progress=lambda line, label=label: print(f"{label}: {line}", flush=True), **options,
+                )
+                report["base_weights"] = how
+                report["seconds"] = round(time.perf_counter() - start, 1)
+                report["control_accuracy"] = control_accuracy(name, weights, step, seed, args)
+                print(f"{label}: control (uncompressed, same fine-tune) test accuracy "
+                      f"{report['control_accuracy']:.2%}", flush=True)
+                runs[f"{name}/{step}/{seed}"] = report
 
-    rows = []
-    for report in runs.values():
-        original, compressed, gains = report["original"], report["compressed"], report["gains"]
-        pruned = "pruning" in report
-        macs = "binary_macs" if original["binary_macs"] else "float_macs"
-        loss = -gains["tflite_accuracy_change_points"]
-        goal = (gains[f"{macs}_cut"] >= 0.4 and loss <= 1.5) if pruned else (gains["float_parts_bytes_ratio"] >= 2
-                                                                             and loss <= 0.5)
-        rows.append([
-            f"`{report['model']}`", "channel pruning" if pruned else "QAT (int8 float parts)",
-            f"{original['tflite_accuracy']:.2%}", f"{compressed['tflite_accuracy']:.2%}", f"{-loss:+.2f}",
-            f"{report['control_accuracy']:.2%}",
-            f"{gains['binary_macs_cut']:.1%}" if original["binary_macs"] else "-", f"{gains['float_macs_cut']:.1%}",
-            f"{original['tflite_bytes']:,} → {compressed['tflite_bytes']:,} ({gains['tflite_size_ratio']:.2f}x)",
-            f"{original['weight_bytes']['float_parts']:,} → {compressed['weight_bytes']['float_parts']:,} "
-            f"({gains['float_parts_bytes_ratio']:.2f}x)",
-            f"{original['latency_ms']:.2f} → {compressed['latency_ms']:.2f}",
-            "met" if goal else "**not met**",
-        ])
+    rows, summary = [], {}
+    for name in args.models:
+        for step in ("prune", "qat"):
+            seeds = [runs[f"{name}/{step}/{seed}"] for seed in range(args.seeds)]
+            row, summary[f"{name}/{step}"] = summarized(seeds)
+            rows.append(row)
     command = "python benchmarks/compress.py " + " ".join(argv if argv is not None else sys.argv[1:])
     table = markdown_table(rows, [
-        "model", "step", "test accuracy before", "after", "points", "control", "binary MACs cut", "float MACs cut",
-        ".tflite bytes", "float-part weight bytes", "LCE ms (1 thread)", "goal",
+        "model", "step", "base", "after", "control", "vs control (per seed)", "vs base", "binary MACs cut",
+        "float MACs cut", ".tflite bytes", "float-part weight bytes", "LCE ms (1 thread)", "goal",
     ])
-    bases = "; ".join(f"`{name}`: {runs[f'{name}/prune']['base_weights']}" for name in args.models)
+    bases = "; ".join(f"`{name}`: {runs[f'{name}/prune/0']['base_weights']}" for name in args.models)
     table += (f"\n\nReal Fashion-MNIST; accuracy of the .tflite files in LCE's interpreter on "
-              f"{runs[next(iter(runs))]['test_images']} test images; control: the uncompressed model (Keras) after "
-              f"the same fine-tune, which alone moves a briefly trained model. Fine-tuning: {args.epochs} epochs x "
+              f"{runs[next(iter(runs))]['test_images']} test images, mean ± sd over {args.seeds} data orders of the "
+              f"fine-tune; control: the uncompressed model (Keras) after the same fine-tune with the same data order, "
+              f"which alone moves a briefly trained model; the goal is judged on the mean difference to it. "
+              f"Fine-tuning: {args.epochs} epochs x "
               f"{args.train_images} images, Adam {args.learning_rate} after pruning, {args.qat_learning_rate} "
               f"for QAT. Goals: pruning cuts binary MACs >= 40 % (float MACs for a float model) losing <= 1.5 "
               f"points; QAT makes the float parts' weights in the .tflite >= 2x smaller losing <= 0.5 points (float "
               f"parts: every constant tensor but those of the binary convs, whose packed kernels and fused BN LCE "
               f"keeps as they are). Base weights: {bases}."
               f"\n\n`{command}`")
-    write_results(args.name, {"command": command, "runs": runs}, table)
+    write_results(args.name, {"command": command, "seeds": args.seeds, "summary": summary, "runs": runs}, table)
+
+
+def summarized(seeds: list[dict]) -> tuple[list[str], dict]:
+    """A table row and a summary of one model and step over its seeds (costs from seed 0's
+    files, which every seed shares; latency from the median seed)."""
+    first = seeds[0]
+    original, gains = first["original"], first["gains"]
+    pruned = "pruning" in first
+    after = np.array([100 * report["compressed"]["tflite_accuracy"] for report in seeds])
+    control = np.array([100 * report["control_accuracy"] for report in seeds])
+    base = 100 * original["tflite_accuracy"]
+    versus_control = after - control
+    loss = -float(np.mean(versus_control))
+    macs = "binary_macs" if original["binary_macs"] else "float_macs"
+    goal = ((gains[f"{macs}_cut"] >= 0.4 and loss <= 1.5) if pruned
+            else (gains["float_parts_bytes_ratio"] >= 2 and loss <= 0.5))
+    latency = sorted(seeds, key=lambda report: report["compressed"]["latency_ms"])[len(seeds) // 2]
+
+    def spread(values):
+        return f"{np.mean(values):.2f} ± {np.std(values, ddof=1):.2f}%" if len(values) > 1 else f"{values[0]:.2f}%"
+
+    row = [
+        f"`{first['model']}`", "channel pruning" if pruned else "QAT (int8 float parts)",
+        f"{base:.2f}%", spread(after), spread(control),
+        f"**{-loss:+.2f}** ({', '.join(f'{value:+.2f}' for value in versus_control)})",
+        f"{np.mean(after) - base:+.2f}",
+        f"{gains['binary_macs_cut']:.1%}" if original["binary_macs"] else "-", f"{gains['float_macs_cut']:.1%}",
+        f"{original['tflite_bytes']:,} → {first['compressed']['tflite_bytes']:,} ({gains['tflite_size_ratio']:.2f}x)",
+        f"{original['weight_bytes']['float_parts']:,} → {first['compressed']['weight_bytes']['float_parts']:,} "
+        f"({gains['float_parts_bytes_ratio']:.2f}x)",
+        f"{latency['original']['latency_ms']:.2f} → {latency['compressed']['latency_ms']:.2f}",
+        "met" if goal else "**not met**",
+    ]
+    return row, {"base": base, "after": after.tolist(), "control": control.tolist(),
+                 "mean_change_vs_control": -loss, "goal_met": bool(goal)}
 
 
 if __name__ == "__main__":

@@ -175,6 +175,23 @@ def test_hrank_ranks_feature_maps_and_keeps_the_highest():
     assert pruning.kept["conv"].tolist() == [1]
 
 
+def test_channel_pruning_takes_per_layer_ratios_as_hrank_does():
+    model = build("bnn_resnet20")
+    images = np.random.default_rng(0).uniform(0, 255, (64, *SHAPE)).astype(np.float32)
+    ratios = {"stage1_block1_conv1": 0.25, "stage3_block3_conv1": 0.75}
+    pruning = compress.prune(model, ratios, structure="channel", data=images, hrank_batches=1)
+    assert sorted(pruning.layers) == sorted(ratios)
+    assert {name: len(kept) for name, kept in pruning.kept.items()} == {"stage1_block1_conv1": 12,
+                                                                        "stage3_block3_conv1": 16}
+    assert pruning.model.get_layer("stage2_block1_conv1").filters == 32  # not named: left whole
+    with pytest.raises(ValueError, match=r"ratio of 'stage1_block1_conv1' must be a number in \[0, 1\)"):
+        compress.channel_prune(model, {"stage1_block1_conv1": 1.0}, images)
+    with pytest.raises(ValueError, match="not both"):
+        compress.channel_prune(model, ratios, images, layers=["stage1_block1_conv1"])
+    with pytest.raises(ValueError, match="Cannot prune the filters of 'stage1_block1_conv2'"):
+        compress.channel_prune(model, {"stage1_block1_conv2": 0.5}, images)
+
+
 # -- quantization-aware training --------------------------------------------------------------------------------
 def input_types(flatbuffer: bytes) -> dict[str, set[str]]:
     """Operator kind -> the types of its first input, over the file."""

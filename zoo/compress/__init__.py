@@ -25,7 +25,6 @@ __all__ = [
     "channel_prune",
     "export",
     "fine_tunable_inference",
-    "fine_tunable_inference",
     "hrank_scores",
     "masked",
     "match_statistics",

@@ -18,9 +18,9 @@ Where the spec leaves it open, this module chooses:
 * **Which feature map.** The tensor the consumers read. For a binary consumer its sign,
   the only thing the consumer sees of it: a map that the sign makes constant has rank 1
   whatever its float values.
-* **Allocation.** One ratio for every pruned conv (HRank sets per-layer ratios by hand):
-  ``round(filters · (1 − ratio))`` filters kept, at least one. Ties in rank keep the
-  lower filter index.
+* **Allocation.** One ratio for every pruned conv by default, or HRank's per-layer
+  ratios set by hand (a dict by conv name): ``round(filters · (1 − ratio))`` filters
+  kept, at least one. Ties in rank keep the lower filter index.
 * **What it works on.** The inference form (``zoo.to_inference``): every method's scales
   are folded into BN and its kernels are ±1, so slicing channels is exact for every
   scheme. The narrow model fine-tunes as a plain Larq BNN: ``ste_sign`` with the
@@ -185,14 +185,26 @@ def _selected(model: keras.Model, layers) -> list[Chain]:
     return [chains[name] for name in names]
 
 
-def plan(scores: dict[str, np.ndarray], ratio: float) -> dict[str, np.ndarray]:
-    """The filters each conv keeps: the highest-ranked ``round(n · (1 − ratio))``, in order."""
-    ratio = check_sparsity(ratio, "ratio")
+def plan(scores: dict[str, np.ndarray], ratio) -> dict[str, np.ndarray]:
+    """The filters each conv keeps: the highest-ranked ``round(n · (1 − ratio))``, in order;
+    ``ratio`` is one number for every conv or a dict of them by conv name."""
+    ratios = checked_ratios(ratio, scores)
     kept = {}
     for name, score in scores.items():
-        keep = max(1, int(round(len(score) * (1.0 - ratio))))
+        keep = max(1, int(round(len(score) * (1.0 - ratios[name]))))
         kept[name] = np.sort(np.argsort(-score, kind="stable")[:keep])
     return kept
+
+
+def checked_ratios(ratio, convs) -> dict[str, float]:
+    """``{conv: ratio}`` for ``convs`` from one ratio or a dict of them, each in [0, 1)."""
+    if not isinstance(ratio, dict):
+        ratio = check_sparsity(ratio, "ratio")
+        return dict.fromkeys(convs, ratio)
+    missing = [name for name in convs if name not in ratio]
+    if missing:
+        raise ValueError(f"No ratio for {', '.join(map(repr, missing))}.")
+    return {name: check_sparsity(ratio[name], f"ratio of {name!r}") for name in convs}
 
 
 def narrow(model: keras.Model, kept: dict[str, np.ndarray]) -> keras.Model:
@@ -320,13 +332,15 @@ def match_statistics(model: keras.Model, reference: keras.Model, kept: dict, dat
         set_bn_affine(bn, new_scale, scale * target_mean + shift - new_scale * mean, mean, np.square(std))
 
 
-def channel_prune(model: keras.Model, ratio: float, data, *, batches: int = 4, layers=None,
+def channel_prune(model: keras.Model, ratio, data, *, batches: int = 4, layers=None,
                   recalibrate: bool = True, latent: float = 1e-2) -> Pruning:
     """HRank channel pruning: the model rebuilt without the lowest-rank filters.
 
     Args:
       model: a functional zoo model, training or inference form.
-      ratio: the fraction of filters removed from each pruned conv, in [0, 1).
+      ratio: the fraction of filters removed from each pruned conv, in [0, 1); or a dict
+        of them by conv name (HRank's per-layer rates), whose keys are then the convs
+        pruned (``layers`` must be None).
       data: images ``(N, H, W, C)`` (raw pixels) or a ``tf.data.Dataset`` of
         ``(images, labels)`` batches, from the training set.
       batches: how many batches HRank averages over (its ranks are stable across
@@ -344,7 +358,13 @@ def channel_prune(model: keras.Model, ratio: float, data, *, batches: int = 4, l
       A :class:`~zoo.compress.pruning.Pruning` with the narrow model (no callbacks
       needed), the kept filters and the full-width inference model they refer to.
     """
-    ratio = check_sparsity(ratio, "ratio")
+    if isinstance(ratio, dict):
+        if layers is not None:
+            raise ValueError("Give per-layer ratios (a dict) or layers=, not both: the dict names the layers.")
+        layers = list(ratio)
+        checked_ratios(ratio, layers)  # before the costly ranking
+    else:
+        ratio = check_sparsity(ratio, "ratio")
     if not latent > 0:
         raise ValueError(f"latent must be a positive magnitude, got {latent!r}.")
     check_plain_model(model, "channel_prune")

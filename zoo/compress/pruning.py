@@ -90,7 +90,8 @@ def prune(
     Args:
       model: a functional zoo model (training or inference form).
       target_sparsity: the fraction of weights removed in each pruned layer, in [0, 1);
-        for ``structure="channel"``, the fraction of filters removed per pruned conv.
+        for ``structure="channel"``, the fraction of filters removed per pruned conv, or
+        a dict of them by conv name (HRank's per-layer rates).
       schedule: ``"polynomial"`` (``tfmot.sparsity.keras.PolynomialDecay`` from
         ``initial_sparsity`` at ``begin_step`` to ``target_sparsity`` at ``end_step``,
         cubic) or ``"constant"`` (``ConstantSparsity``: the target from ``begin_step``).
@@ -114,16 +115,16 @@ def prune(
       ValueError: a sparsity outside [0, 1), an unknown schedule or structure, a model
         with nothing to prune, a layer that cannot be pruned.
     """
-    target_sparsity = check_sparsity(target_sparsity)
     if structure not in STRUCTURES:
         raise ValueError(f"structure must be one of {STRUCTURES}, got {structure!r}.")
-    check_plain_model(model, "prune")
     if structure == "channel":
         from zoo.compress.channels import channel_prune
 
         if data is None:
             raise ValueError("Channel pruning ranks feature maps: pass data= (images or a dataset of batches).")
         return channel_prune(model, target_sparsity, data, batches=hrank_batches, layers=layers)
+    target_sparsity = check_sparsity(target_sparsity)
+    check_plain_model(model, "prune")
     if structure == "2:4" and target_sparsity != 0.5:
         raise ValueError(
             f"2:4 sparsity removes exactly half the weights: target_sparsity must be 0.5, got {target_sparsity}."
