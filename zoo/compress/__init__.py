@@ -16,7 +16,7 @@ left to Larq) and :mod:`~zoo.compress.pipeline` (``zoo compress``).
 
 from zoo.compress.channels import channel_prune, hrank_scores, masked, match_statistics, narrow, prunable_convs
 from zoo.compress.common import fine_tunable_inference
-from zoo.compress.pipeline import export, run_pipeline
+from zoo.compress.pipeline import export, fine_tune, run_pipeline
 from zoo.compress.pruning import Pruning, prunable_layers, prune, sparsity_report, strip
 from zoo.compress.quantization import quantize, quantize_scope
 
@@ -25,6 +25,7 @@ __all__ = [
     "channel_prune",
     "export",
     "fine_tunable_inference",
+    "fine_tune",
     "hrank_scores",
     "masked",
     "match_statistics",

@@ -62,8 +62,9 @@ def run_pipeline(
     prunes it by ``prune_ratio`` (``structure``: ``"channel"``, HRank filter pruning with
     binary convs included; ``"magnitude"`` / ``"2:4"``, TF-MOT on the float layers, the
     scheme's callbacks running during the fine-tune) and fine-tunes ``epochs`` epochs
-    (Adam, ``learning_rate``); with ``qat``, runs quantization-aware training of the float
-    parts for ``epochs`` more (Adam, ``qat_learning_rate``; ranges calibrated on
+    (:func:`fine_tune`: Adam from ``learning_rate``, cosine decay); with ``qat``, runs
+    quantization-aware training of the float parts for ``epochs`` more (from
+    ``qat_learning_rate``; ranges calibrated on
     ``hrank_batches`` batches; ``qat_scope`` and ``unsupported`` as in
     :func:`zoo.compress.quantize`). Exports the original and the compressed model to
     ``output_dir`` (``original.tflite``, ``model.tflite``) and measures both: test accuracy
@@ -125,7 +126,7 @@ def run_pipeline(
             callbacks = _scheme_callbacks(model_name, epochs) if binary_exports(current) else []
         before = _accuracy(pruning.model, test_x, test_y)
         progress(f"      pruned {len(pruning.layers)} layers; test accuracy before fine-tuning {before:.2%}")
-        _fine_tune(pruning.model, train, epochs, learning_rate, pruning.callbacks + callbacks, verbose)
+        fine_tune(pruning.model, train, epochs, learning_rate, steps, pruning.callbacks + callbacks, verbose)
         current = strip(pruning.model) if structure != "channel" else pruning.model
         report["pruning"] = {
             "structure": structure, "ratio": prune_ratio, "layers": list(pruning.layers),
@@ -144,7 +145,7 @@ def run_pipeline(
         start = time.perf_counter()
         current = quantize(current, ranked, batches=hrank_batches, scope=qat_scope, unsupported=unsupported)
         before = _accuracy(current, test_x, test_y)
-        _fine_tune(current, train, epochs, qat_learning_rate, [], verbose)
+        fine_tune(current, train, epochs, qat_learning_rate, steps, verbose=verbose)
         report["qat"] = {"accuracy_before_fine_tune": before, "accuracy": _accuracy(current, test_x, test_y),
                          "seconds": round(time.perf_counter() - start, 1)}
         progress(f"      test accuracy {report['qat']['accuracy']:.2%} (before fine-tuning {before:.2%})")
@@ -188,10 +189,16 @@ def _scheme_callbacks(model_name: str, epochs: int) -> list:
     return callbacks(model_name, epochs)
 
 
-def _fine_tune(model: keras.Model, data, epochs: int, learning_rate: float, callbacks: list, verbose: int) -> None:
-    model.compile(keras.optimizers.Adam(learning_rate), keras.losses.SparseCategoricalCrossentropy(),
+def fine_tune(model: keras.Model, data, epochs: int, learning_rate: float, steps_per_epoch: int,
+              callbacks=(), verbose: int = 2) -> None:
+    """The pipeline's fine-tune: Adam from ``learning_rate``, cosine decay to zero over the
+    run. At a constant rate a short fine-tune of a binary net ends points apart from one
+    data order to the next (its last steps still flip signs at full rate); the decay lets
+    it settle."""
+    schedule = keras.optimizers.schedules.CosineDecay(learning_rate, epochs * steps_per_epoch)
+    model.compile(keras.optimizers.Adam(schedule), keras.losses.SparseCategoricalCrossentropy(),
                   metrics=["accuracy"])
-    model.fit(data, epochs=epochs, callbacks=callbacks, verbose=verbose)
+    model.fit(data, epochs=epochs, callbacks=list(callbacks), verbose=verbose)
 
 
 def _arrays(data) -> tuple[np.ndarray, np.ndarray]:
