@@ -318,8 +318,10 @@ def build_parser() -> argparse.ArgumentParser:
     compressing.add_argument("--epochs", type=int, default=1, help="fine-tuning epochs after each step")
     compressing.add_argument("--weights", default="default", help="as in zoo.load: default, a tag, a path")
     compressing.add_argument("--batch-size", type=int, default=64)
-    compressing.add_argument("--learning-rate", type=float, default=1e-3, help="Adam, fine-tuning after pruning: initial rate, cosine decay")
-    compressing.add_argument("--qat-learning-rate", type=float, default=1e-4, help="Adam, QAT fine-tuning: initial rate, cosine decay")
+    compressing.add_argument("--learning-rate", type=float, default=1e-3,
+                             help="Adam's initial rate (cosine decay) of the fine-tune after pruning")
+    compressing.add_argument("--qat-learning-rate", type=float, default=1e-4,
+                             help="Adam's initial rate (cosine decay) of the QAT fine-tune")
     compressing.add_argument("--train-images", type=int, default=None, help="fine-tune on the first N images")
     compressing.add_argument("--test-images", type=int, default=None, help="evaluate on the first N test images")
     compressing.add_argument("--hrank-batches", type=int, default=4,
