@@ -35,6 +35,7 @@ from zoo import compress  # noqa: E402
 from zoo.compress import fine_tune, run_pipeline  # noqa: E402
 
 DATASET = "fashion_mnist"
+STEPS = ("prune", "qat")
 
 
 def base_weights(name: str, args) -> tuple[str, str]:
@@ -85,6 +86,7 @@ def control_accuracy(name: str, weights: str, step: str, seed: int, args) -> flo
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("models", nargs="+")
+    parser.add_argument("--steps", nargs="+", choices=STEPS, default=list(STEPS), help="default: both")
     parser.add_argument("--ratio", type=float, default=0.5, help="channel pruning ratio")
     parser.add_argument("--epochs", type=int, default=4, help="fine-tuning epochs after each step")
     parser.add_argument("--train-images", type=int, default=15_000, help="fine-tuning images per epoch")
@@ -103,10 +105,10 @@ def main(argv=None):
     args = parser.parse_args(argv)
 
     runs = {}
+    options = {"prune": dict(prune_ratio=args.ratio, structure="channel"), "qat": dict(prune_ratio=0.0, qat=True)}
     for name in args.models:
         weights, how = base_weights(name, args)
-        for step, options in (("prune", dict(prune_ratio=args.ratio, structure="channel")),
-                              ("qat", dict(prune_ratio=0.0, qat=True))):
+        for step in args.steps:
             for seed in range(args.seeds):
                 label = f"{name} {step} seed {seed}"
                 start = time.perf_counter()
@@ -116,7 +118,7 @@ def main(argv=None):
                     train_images=args.train_images, test_images=args.test_images,
                     latency_repeats=args.latency_repeats, data_dir=args.data_dir, seed=seed,
                     verbose=0 if args.quiet else 2,
-                    progress=lambda line, label=label: print(f"{label}: {line}", flush=True), **options,
+                    progress=lambda line, label=label: print(f"{label}: {line}", flush=True), **options[step],
                 )
                 report["base_weights"] = how
                 report["seconds"] = round(time.perf_counter() - start, 1)
@@ -127,7 +129,7 @@ def main(argv=None):
 
     rows, summary = [], {}
     for name in args.models:
-        for step in ("prune", "qat"):
+        for step in args.steps:
             seeds = [runs[f"{name}/{step}/{seed}"] for seed in range(args.seeds)]
             row, summary[f"{name}/{step}"] = summarized(seeds)
             rows.append(row)
@@ -136,7 +138,7 @@ def main(argv=None):
         "model", "step", "base", "after", "control", "vs control (per seed)", "vs base", "binary MACs cut",
         "float MACs cut", ".tflite bytes", "float-part weight bytes", "LCE ms (1 thread)", "goal",
     ])
-    bases = "; ".join(f"`{name}`: {runs[f'{name}/prune/0']['base_weights']}" for name in args.models)
+    bases = "; ".join(f"`{name}`: {runs[f'{name}/{args.steps[0]}/0']['base_weights']}" for name in args.models)
     table += (f"\n\nReal Fashion-MNIST; accuracy of the .tflite files in LCE's interpreter on "
               f"{runs[next(iter(runs))]['test_images']} test images, mean ± sd over {args.seeds} data orders of the "
               f"fine-tune; control: the uncompressed model (Keras) after the same fine-tune with the same data order, "
