@@ -8,6 +8,7 @@ weights are cached in ``--cache`` and reused). From those weights, two runs of t
 ``zoo compress`` pipeline (:func:`zoo.compress.run_pipeline`), each measured on the 10 000
 test images: ``prune`` (channel pruning ``--ratio`` + ``--epochs`` of fine-tuning) and
 ``qat`` (quantization-aware training of the float parts + ``--epochs`` of fine-tuning).
+The pruned filters fade out over the first ``--fade`` of the fine-tune (0: removed at once).
 
 Each run has a *control*: the uncompressed model after the same fine-tune (a briefly
 trained base gains from any fine-tune; the control separates that from what compression
@@ -88,6 +89,8 @@ def main(argv=None):
     parser.add_argument("models", nargs="+")
     parser.add_argument("--steps", nargs="+", choices=STEPS, default=list(STEPS), help="default: both")
     parser.add_argument("--ratio", type=float, default=0.5, help="channel pruning ratio")
+    parser.add_argument("--fade", type=float, default=0.25,
+                        help="fraction of the fine-tune the pruned filters fade out over (0: removed at once)")
     parser.add_argument("--epochs", type=int, default=4, help="fine-tuning epochs after each step")
     parser.add_argument("--train-images", type=int, default=15_000, help="fine-tuning images per epoch")
     parser.add_argument("--test-images", type=int, default=None, help="default: the whole test split")
@@ -105,7 +108,8 @@ def main(argv=None):
     args = parser.parse_args(argv)
 
     runs = {}
-    options = {"prune": dict(prune_ratio=args.ratio, structure="channel"), "qat": dict(prune_ratio=0.0, qat=True)}
+    options = {"prune": dict(prune_ratio=args.ratio, structure="channel", fade=args.fade),
+               "qat": dict(prune_ratio=0.0, qat=True)}
     for name in args.models:
         weights, how = base_weights(name, args)
         for step in args.steps:
@@ -144,7 +148,8 @@ def main(argv=None):
               f"fine-tune; control: the uncompressed model (Keras) after the same fine-tune with the same data order, "
               f"which alone moves a briefly trained model; the goal is judged on the mean difference to it. "
               f"Fine-tuning: {args.epochs} epochs x {args.train_images} images, Adam from {args.learning_rate} "
-              f"after pruning, {args.qat_learning_rate} for QAT, cosine decay. Goals: pruning cuts binary MACs "
+              f"after pruning (the pruned filters fading out over the first {args.fade:g} of it), "
+              f"{args.qat_learning_rate} for QAT, cosine decay. Goals: pruning cuts binary MACs "
               f">= 40 % (float MACs for a float model) losing <= 1.5 points; QAT makes the float parts' weights "
               f"in the .tflite >= 2x smaller losing <= 0.5 points (float "
               f"parts: every constant tensor but those of the binary convs, whose packed kernels and fused BN LCE "

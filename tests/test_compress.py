@@ -126,6 +126,35 @@ def test_channel_pruning_builds_a_narrower_model_equal_to_the_masked_original(na
         assert len(kernels) == 18 and all(set(np.unique(k)) == {-1.0, 1.0} for k in kernels)
 
 
+@pytest.mark.parametrize("name", ["fp_resnet20", "rbnn_resnet20"])
+def test_faded_channels_end_in_the_narrow_model_computing_the_same(name, fashion_mnist_data_dir):
+    model = build(name)
+    train = fashion(fashion_mnist_data_dir, images=96)  # 3 steps of 32
+    x = images_of(fashion(fashion_mnist_data_dir, "test", 64))
+    pruning = compress.channel_prune(model, 0.5, train, batches=1, fade_steps=2)
+    fading = pruning.model
+    fades = [layer for layer in fading.layers if isinstance(layer, compress.channels.ChannelFade)]
+    assert len(fades) == 9 and all(float(layer.level.numpy()) == 1.0 for layer in fades)
+    if name == "fp_resnet20":  # at level 1 nothing is removed yet (RBNN centres over the kept channels)
+        assert relative_error(pruning.reference.predict(x, verbose=0), fading.predict(x, verbose=0)) <= 1e-5
+    with pytest.raises(ValueError, match=r"not faded out yet \(stage1_block1_conv2_fade is at level 1.000"):
+        compress.strip(fading)
+
+    fit(fading, train, pruning.callbacks)  # 3 steps: the levels go 0.5, 0, 0
+    assert all(float(layer.level.numpy()) == 0.0 for layer in fades)
+    narrow = compress.strip(fading)
+    for conv, kept in pruning.kept.items():
+        assert narrow.get_layer(conv).filters == len(kept) == pruning.reference.get_layer(conv).filters // 2
+    assert not any(isinstance(layer, compress.channels.ChannelFade) for layer in narrow.layers)
+    assert relative_error(fading.predict(x, verbose=0), narrow.predict(x, verbose=0)) <= 1e-5
+    if name != "fp_resnet20":  # the readers are binary convs again, and export as such
+        kernels = [layer.get_weights()[0] for layer in to_inference(narrow).layers
+                   if compress.common.is_binary_conv(layer)]
+        assert len(kernels) == 18 and all(set(np.unique(k)) == {-1.0, 1.0} for k in kernels)
+    with pytest.raises(ValueError, match="fade_steps must be a whole number"):
+        compress.channel_prune(model, 0.5, train, fade_steps=-1)
+
+
 def test_recalibration_gives_each_bn_after_a_narrowed_conv_its_output_statistics_back(fashion_mnist_data_dir):
     train = fashion(fashion_mnist_data_dir, images=64)
     pruning = compress.prune(build("bnn_resnet20"), 0.5, structure="channel", data=train, hrank_batches=2)
@@ -300,10 +329,13 @@ def test_a_model_with_nothing_to_prune_is_an_error():
         compress.prune(build("fp_resnet20"), 0.3, structure="2:4")
 
 
-def test_cli_prune_ratio_outside_zero_one_is_an_error(tmp_path, capsys):
-    assert cli.main(["compress", "bnn_resnet20", "--prune", "1.5", "--dataset", "fashion_mnist",
-                     "-o", str(tmp_path)]) == 2
-    assert "in [0, 1)" in capsys.readouterr().err
+@pytest.mark.parametrize("options, message", [
+    (["--prune", "1.5"], "in [0, 1)"),
+    (["--prune", "0.5", "--fade", "1.5"], "fade must be a fraction of the fine-tune in [0, 1], got 1.5"),
+])
+def test_cli_prune_ratio_or_fade_outside_their_range_is_an_error(options, message, tmp_path, capsys):
+    assert cli.main(["compress", "bnn_resnet20", *options, "--dataset", "fashion_mnist", "-o", str(tmp_path)]) == 2
+    assert message in capsys.readouterr().err
 
 
 # -- the pipeline ---------------------------------------------------------------------------------------------
@@ -312,12 +344,14 @@ def test_cli_compress_runs_end_to_end_on_real_images(fashion_mnist_data_dir, tmp
     output = tmp_path / "out"
     status = cli.main(["compress", "bnn_resnet20", "--prune", "0.5", "--qat", "--epochs", "1",
                        "--dataset", "fashion_mnist", "--data-dir", fashion_mnist_data_dir, "--train-images", "128",
-                       "--test-images", "128", "--hrank-batches", "1", "--latency-repeats", "3", "-o", str(output)])
+                       "--test-images", "128", "--hrank-batches", "1", "--latency-repeats", "3", "--fade", "0.5",
+                       "-o", str(output)])
     assert status == 0
     printed = capsys.readouterr()
     assert "[5/5] measuring" in printed.err and "| binary MACs | 30,707,712 | 15,353,856 | 50.0% fewer |" in printed.out
     report = json.loads((output / "report.json").read_text())
     assert report["test_images"] == 128 and report["pruning"]["structure"] == "channel"
+    assert report["pruning"]["fade_steps"] == 1  # half of the 2 steps: the filters faded out, then cut
     assert report["gains"]["binary_macs_cut"] == pytest.approx(0.5)
     assert 0.0 <= report["compressed"]["tflite_accuracy"] <= 1.0 and report["compressed"]["latency_ms"] > 0
     assert op_histogram((output / "model.tflite").read_bytes())["LceBconv2d"] == 18

@@ -190,7 +190,7 @@ def cmd_compress(args) -> int:
         args.model, dataset=args.dataset, output_dir=args.output, prune_ratio=args.prune, structure=args.structure,
         qat=args.qat, epochs=args.epochs, weights=args.weights, batch_size=args.batch_size,
         learning_rate=args.learning_rate, qat_learning_rate=args.qat_learning_rate, train_images=args.train_images,
-        test_images=args.test_images, hrank_batches=args.hrank_batches, qat_scope=args.qat_scope,
+        test_images=args.test_images, hrank_batches=args.hrank_batches, fade=args.fade, qat_scope=args.qat_scope,
         unsupported=args.qat_unsupported,
         latency_repeats=args.latency_repeats, data_dir=args.data_dir, seed=args.seed,
         verbose=0 if args.quiet else 2, progress=_progress("compress", args.quiet),
@@ -326,6 +326,9 @@ def build_parser() -> argparse.ArgumentParser:
     compressing.add_argument("--test-images", type=int, default=None, help="evaluate on the first N test images")
     compressing.add_argument("--hrank-batches", type=int, default=4,
                              help="batches HRank averages ranks over (and QAT calibrates its ranges on)")
+    compressing.add_argument("--fade", type=float, default=0.25, metavar="FRACTION",
+                             help="channel pruning: the removed filters fade out over this fraction of the "
+                                  "fine-tune (0: removed at once)")
     compressing.add_argument("--qat-scope", choices=("auto", "float_layers", "all"), default="auto",
                              help="int8 layers: those with float weights (binary models' default) or all")
     compressing.add_argument("--qat-unsupported", choices=("error", "float"), default="error",

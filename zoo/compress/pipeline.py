@@ -48,6 +48,7 @@ def run_pipeline(
     train_images: int | None = None,
     test_images: int | None = None,
     hrank_batches: int = 4,
+    fade: float = 0.25,
     qat_scope: str = "auto",
     unsupported: str = "error",
     latency_repeats: int = 50,
@@ -60,9 +61,10 @@ def run_pipeline(
 
     Loads ``model_name`` for ``dataset`` (``weights`` as in ``zoo.load``) and measures it;
     prunes it by ``prune_ratio`` (``structure``: ``"channel"``, HRank filter pruning with
-    binary convs included; ``"magnitude"`` / ``"2:4"``, TF-MOT on the float layers, the
-    scheme's callbacks running during the fine-tune) and fine-tunes ``epochs`` epochs
-    (:func:`fine_tune`: Adam from ``learning_rate``, cosine decay); with ``qat``, runs
+    binary convs included, the removed filters fading out over the first ``fade`` of the
+    fine-tune, 0 to remove them at once; ``"magnitude"`` / ``"2:4"``, TF-MOT on the float
+    layers, the scheme's callbacks running during the fine-tune) and fine-tunes ``epochs``
+    epochs (:func:`fine_tune`: Adam from ``learning_rate``, cosine decay); with ``qat``, runs
     quantization-aware training of the float parts for ``epochs`` more (from
     ``qat_learning_rate``; ranges calibrated on
     ``hrank_batches`` batches; ``qat_scope`` and ``unsupported`` as in
@@ -83,6 +85,8 @@ def run_pipeline(
         raise ValueError("Nothing to do: give a prune ratio above 0, or QAT, or both.")
     if not isinstance(epochs, int) or epochs < 1:
         raise ValueError(f"epochs must be a positive integer, got {epochs!r}.")
+    if isinstance(fade, bool) or not isinstance(fade, (int, float)) or not 0 <= fade <= 1:
+        raise ValueError(f"fade must be a fraction of the fine-tune in [0, 1], got {fade!r}.")
     output = Path(output_dir)
     output.mkdir(parents=True, exist_ok=True)
     stages = 3 + (prune_ratio > 0) + qat
@@ -117,7 +121,8 @@ def run_pipeline(
         say(f"pruning: {structure}, ratio {prune_ratio:g}; fine-tuning {epochs} epoch(s)")
         start = time.perf_counter()
         if structure == "channel":
-            pruning = channel_prune(current, prune_ratio, ranked, batches=hrank_batches)
+            fade_steps = round(fade * epochs * steps)
+            pruning = channel_prune(current, prune_ratio, ranked, batches=hrank_batches, fade_steps=fade_steps)
             callbacks = []
         else:
             pruning = prune(current, prune_ratio if structure == "magnitude" else 0.5,
@@ -125,15 +130,17 @@ def run_pipeline(
                             end_step=epochs * steps, frequency=max(1, epochs * steps // 10))
             callbacks = _scheme_callbacks(model_name, epochs) if binary_exports(current) else []
         before = _accuracy(pruning.model, test_x, test_y)
-        progress(f"      pruned {len(pruning.layers)} layers; test accuracy before fine-tuning {before:.2%}")
+        fading = f", filters fading out over {fade_steps} steps" if structure == "channel" and fade_steps else ""
+        progress(f"      pruned {len(pruning.layers)} layers{fading}; test accuracy before fine-tuning {before:.2%}")
         fine_tune(pruning.model, train, epochs, learning_rate, steps, pruning.callbacks + callbacks, verbose)
-        current = strip(pruning.model) if structure != "channel" else pruning.model
+        current = strip(pruning.model) if pruning.callbacks else pruning.model
         report["pruning"] = {
             "structure": structure, "ratio": prune_ratio, "layers": list(pruning.layers),
             "accuracy_before_fine_tune": before, "accuracy": _accuracy(current, test_x, test_y),
             "seconds": round(time.perf_counter() - start, 1),
         }
         if pruning.kept is not None:
+            report["pruning"]["fade_steps"] = fade_steps
             report["pruning"]["filters_kept"] = {name: len(kept) for name, kept in pruning.kept.items()}
         else:
             report["pruning"]["sparsity"] = [row for row in sparsity_report(current) if row["kind"] == "float"]

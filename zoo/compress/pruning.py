@@ -101,7 +101,9 @@ def prune(
         ``"channel"``: HRank filter pruning of the convs, binary ones included
         (:func:`zoo.compress.channels.channel_prune`; needs ``data``).
       begin_step, end_step: optimizer steps (batches) of the schedule; ``end_step`` is
-        required for the polynomial schedule, e.g. ``epochs * steps_per_epoch``.
+        required for the polynomial schedule, e.g. ``epochs * steps_per_epoch``. For
+        ``"channel"``, ``end_step`` (optional) fades the removed filters out over the
+        first ``end_step`` steps instead of removing them at once (``fade_steps``).
       frequency: the mask is updated every ``frequency`` steps; the last update is at
         the last multiple of it before ``end_step``, where the target is then reached.
       layers: names of the layers to prune (default: every prunable float layer).
@@ -122,7 +124,11 @@ def prune(
 
         if data is None:
             raise ValueError("Channel pruning ranks feature maps: pass data= (images or a dataset of batches).")
-        return channel_prune(model, target_sparsity, data, batches=hrank_batches, layers=layers)
+        if begin_step:
+            raise ValueError(f"Channel pruning fades filters out from the first step: begin_step must be 0, "
+                             f"got {begin_step!r}.")
+        return channel_prune(model, target_sparsity, data, batches=hrank_batches, layers=layers,
+                             fade_steps=end_step or 0)
     target_sparsity = check_sparsity(target_sparsity)
     check_plain_model(model, "prune")
     if structure == "2:4" and target_sparsity != 0.5:
@@ -162,8 +168,14 @@ def strip(model: keras.Model) -> keras.Model:
 
     TF-MOT's ``strip_pruning`` reuses the unwrapped layer objects, which then belong to
     two models (and ``zoo.to_inference`` would see every such layer read twice); the
-    result is rebuilt with layers of its own.
+    result is rebuilt with layers of its own. A model whose pruned filters faded out
+    (channel pruning with ``fade_steps``) becomes the narrow model
+    (:func:`zoo.compress.channels.narrowed`).
     """
+    from zoo.compress.channels import ChannelFade, narrowed
+
+    if any(isinstance(layer, ChannelFade) for layer in model.layers):
+        return narrowed(model)
     stripped = tfmot.sparsity.keras.strip_pruning(model)
     return rebuilt(stripped, stripped.get_config())
 
