@@ -153,6 +153,10 @@ def test_faded_channels_end_in_the_narrow_model_computing_the_same(name, fashion
         assert len(kernels) == 18 and all(set(np.unique(k)) == {-1.0, 1.0} for k in kernels)
     with pytest.raises(ValueError, match="fade_steps must be a whole number"):
         compress.channel_prune(model, 0.5, train, fade_steps=-1)
+    with pytest.raises(ValueError, match="begin_step must be 0"):  # prune's schedule: a fade from step 0
+        compress.prune(model, 0.5, structure="channel", data=train, begin_step=5, end_step=9)
+    faded_by_prune = compress.prune(model, 0.5, structure="channel", data=train, end_step=7, hrank_batches=1)
+    assert [callback.steps for callback in faded_by_prune.callbacks] == [7]
 
 
 def test_recalibration_gives_each_bn_after_a_narrowed_conv_its_output_statistics_back(fashion_mnist_data_dir):
