@@ -6,6 +6,7 @@ import logging
 import larq as lq
 import numpy as np
 import pytest
+import tensorflow as tf
 import tf_keras as keras
 import zoo
 from helpers import randomize_batch_norms, relative_error
@@ -157,6 +158,19 @@ def test_faded_channels_end_in_the_narrow_model_computing_the_same(name, fashion
         compress.prune(model, 0.5, structure="channel", data=train, begin_step=5, end_step=9)
     faded_by_prune = compress.prune(model, 0.5, structure="channel", data=train, end_step=7, hrank_batches=1)
     assert [callback.steps for callback in faded_by_prune.callbacks] == [7]
+
+
+def test_faded_channels_of_a_vgg_end_in_the_narrow_model_computing_the_same():
+    model = build("rbnn_vgg_small")  # readers behind max pooling, centring, padding with +1
+    rng = np.random.default_rng(0)
+    images = rng.uniform(0, 255, (96, *SHAPE)).astype(np.float32)
+    train = tf.data.Dataset.from_tensor_slices((images, rng.integers(0, 10, 96))).batch(32)
+    pruning = compress.channel_prune(model, 0.5, images, batches=1, fade_steps=2)
+    fit(pruning.model, train, pruning.callbacks)
+    narrow = compress.strip(pruning.model)
+    assert len(pruning.kept) == 5 and all(narrow.get_layer(conv).filters == len(kept)
+                                          for conv, kept in pruning.kept.items())
+    assert relative_error(pruning.model.predict(images, verbose=0), narrow.predict(images, verbose=0)) <= 1e-5
 
 
 def test_recalibration_gives_each_bn_after_a_narrowed_conv_its_output_statistics_back(fashion_mnist_data_dir):
