@@ -401,33 +401,31 @@ def narrowed(model: keras.Model) -> keras.Model:
       ValueError: a fade not yet at 0 (cutting its channels would change the function).
     """
     fades = {layer.name: layer for layer in model.layers if isinstance(layer, ChannelFade)}
-    unfinished = {name: float(layer.level.numpy()) for name, layer in fades.items() if layer.level.numpy() > 0}
-    if unfinished:
-        name, level = next(iter(unfinished.items()))
-        raise ValueError(
-            f"The removed channels have not faded out yet ({name} is at level {level:.3f}, not 0): fine-tune "
-            "with the ChannelFadeSchedule callback for at least its steps before narrowing."
-        )
+    for name, layer in fades.items():
+        level = float(layer.level.numpy())
+        if level > 0:
+            raise ValueError(
+                f"The removed channels have not faded out yet ({name} is at level {level:.3f}, not 0): fine-tune "
+                "with the ChannelFadeSchedule callback for at least its steps before narrowing."
+            )
     config = copy.deepcopy(model.get_config())
-    readers, layers = {}, []
-    for entry in config["layers"]:
-        if entry["name"] in fades:
-            fade = entry["config"]
-            readers[entry["name"]] = (entry["inbound_nodes"], fade["quantizer"], fade["pad"])
+    inbound, layers, kept_by_reader = {}, [], {}
+    for entry in config["layers"]:  # a fade comes right before its reader (fading)
+        name = entry["name"]
+        if name in fades:
+            inbound[name] = entry["inbound_nodes"]
             continue
-        if entry["class_name"].endswith("KeptChannelsCentring"):
-            entry.update(keras.layers.serialize(CenterActivations(name=entry["name"])), name=entry["name"])
+        if isinstance(model.get_layer(name), KeptChannelsCentring):
+            entry.update(keras.layers.serialize(CenterActivations(name=name)), name=name)
+        fade = fades.get(f"{name}_fade")
+        if fade is not None:
+            entry["inbound_nodes"] = inbound[fade.name]
+            if fade.quantizer is not None:
+                entry["config"]["input_quantizer"] = lq.quantizers.serialize(fade.quantizer)
+            if fade.pad is not None:
+                entry["config"].update(padding="same", pad_values=fade.pad["value"])
+            kept_by_reader[name] = np.asarray(fade.kept)
         layers.append(entry)
-    kept_by_reader = {}
-    for entry in layers:
-        fade_name = f"{entry['name']}_fade"
-        if fade_name in readers:
-            entry["inbound_nodes"], quantizer, pad = readers[fade_name]
-            if quantizer is not None:
-                entry["config"]["input_quantizer"] = quantizer
-            if pad is not None:
-                entry["config"].update(padding="same", pad_values=pad["value"])
-            kept_by_reader[entry["name"]] = np.asarray(fades[fade_name].kept)
     config["layers"] = layers
     full = rebuilt(model, config)
     kept = {chain.producer: kept_by_reader[chain.consumers[0]] for chain in prunable_convs(full).values()

@@ -120,8 +120,8 @@ def run_pipeline(
     if prune_ratio > 0:
         say(f"pruning: {structure}, ratio {prune_ratio:g}; fine-tuning {epochs} epoch(s)")
         start = time.perf_counter()
+        fade_steps = round(fade * epochs * steps) if structure == "channel" else 0
         if structure == "channel":
-            fade_steps = round(fade * epochs * steps)
             pruning = channel_prune(current, prune_ratio, ranked, batches=hrank_batches, fade_steps=fade_steps)
             callbacks = []
         else:
@@ -130,7 +130,7 @@ def run_pipeline(
                             end_step=epochs * steps, frequency=max(1, epochs * steps // 10))
             callbacks = _scheme_callbacks(model_name, epochs) if binary_exports(current) else []
         before = _accuracy(pruning.model, test_x, test_y)
-        fading = f", filters fading out over {fade_steps} steps" if structure == "channel" and fade_steps else ""
+        fading = f", filters fading out over {fade_steps} steps" if fade_steps else ""
         progress(f"      pruned {len(pruning.layers)} layers{fading}; test accuracy before fine-tuning {before:.2%}")
         fine_tune(pruning.model, train, epochs, learning_rate, steps, pruning.callbacks + callbacks, verbose)
         current = strip(pruning.model) if pruning.callbacks else pruning.model
