@@ -24,23 +24,9 @@ from typing import ClassVar
 import zoo  # noqa: F401,I001  (first: selects Keras 2)
 import tf_keras as keras
 from zoo.export import binary_exports
-from zoo.optimizers import SGDCoupledDecay
 from zoo.schemes.bonn import CENTRE_RATE, FEATURE_LOSS_WEIGHT, BONNTrainer, bonn_layers
 
 from training.recipe import Recipe
-
-
-@keras.utils.register_keras_serializable(package="zoo")
-class SGDCoupledDecayExcept(SGDCoupledDecay):
-    """:class:`SGDCoupledDecay` that skips the variables named with Keras'
-    ``optimizer.exclude_from_weight_decay(var_list=...)``."""
-
-    def apply_gradients(self, grads_and_vars, *args, **kwargs):
-        decayed = [
-            (g + self.coupled_decay * v if g is not None and self._use_weight_decay(v) else g, v)
-            for g, v in grads_and_vars
-        ]
-        return keras.optimizers.SGD.apply_gradients(self, decayed, *args, **kwargs)
 
 
 def decay_free_variables(model: keras.Model) -> list:
@@ -63,9 +49,6 @@ class BONNRecipe(Recipe):
 
     CIFAR_DEFAULTS: ClassVar[tuple[int, int, int]] = (200, 256, 0)
     IMAGENET_DEFAULTS: ClassVar[tuple[int, int, int]] = (70, 256, 0)
-
-    def optimizer(self) -> keras.optimizers.Optimizer:
-        return SGDCoupledDecayExcept(self.learning_rate, self.momentum, self.weight_decay)
 
     def wrap(self, model: keras.Model, teacher: keras.Model | None = None) -> keras.Model:
         """:class:`BONNTrainer` for a model with BONN layers; otherwise, or given a teacher,

@@ -55,6 +55,7 @@ class CBCNRecipe(Recipe):
     IMAGENET_DEFAULTS: ClassVar[tuple[int, int, int]] = (100, 256, 0)
 
     def __post_init__(self):
+        super().__post_init__()
         if not 0 <= self.centre_loss_epochs < self.epochs:
             raise ValueError(
                 f"centre_loss_epochs must leave at least one main epoch: got {self.centre_loss_epochs} "

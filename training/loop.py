@@ -79,8 +79,9 @@ for _hook in ("on_train_begin", "on_train_end", "on_epoch_begin", "on_epoch_end"
 def train(model_name: str, dataset: str, *, epochs: int | None = None, batch_size: int | None = None,
           method: str | None = None, recipe: Recipe | None = None, data_dir=None, output=None, resume: bool = False,
           strategy: str = "default", teacher: str | None = None, train_images: int | None = None,
-          test_images: int | None = None, seed: int | None = None, export: bool = True,
-          builder_kwargs: dict | None = None, verbose: int = 1):
+          test_images: int | None = None, val_images: int | None = None, seed: int | None = None,
+          optimizer: str | None = None, learning_rate: float | None = None, weight_decay: float | None = None,
+          export: bool = True, builder_kwargs: dict | None = None, verbose: int = 1):
     """Trains ``model_name`` on ``dataset`` with its method's recipe; returns (model, report).
 
     Args:
@@ -92,6 +93,11 @@ def train(model_name: str, dataset: str, *, epochs: int | None = None, batch_siz
       strategy: ``"default"``, ``"mirrored"`` or ``"multi_worker"`` (cluster from ``$TF_CONFIG``).
       teacher: a registry name or weights path, for recipes that distil from a teacher.
       train_images, test_images: use only the first N images of the train / test split.
+      val_images: hold out the last N training images: ``val_*`` in the history is
+        measured on them (choose schedules there), ``test_*`` on the test split. Without
+        it ``val_*`` is the test split.
+      optimizer, learning_rate, weight_decay: override the recipe's (``"sgd"`` or
+        ``"adam"``; the decay is PyTorch-style, coupled).
       seed: data order, augmentation and initialisation (default 0).
       export: with ``output``, write the weights file, manifest entry and .tflite at the end.
       builder_kwargs: architecture keywords (e.g. ``width_multiplier``) for runs without
@@ -107,7 +113,9 @@ def train(model_name: str, dataset: str, *, epochs: int | None = None, batch_siz
     info = dataset_info(dataset)
     spec = registry.get_model_spec(model_name)
     requested = {"model": model_name, "dataset": info["name"], "method": method, "epochs": epochs,
-                 "batch_size": batch_size, "train_images": train_images, "teacher": teacher, "seed": seed}
+                 "batch_size": batch_size, "train_images": train_images, "teacher": teacher, "seed": seed,
+                 "val_images": val_images, "optimizer": optimizer, "learning_rate": learning_rate,
+                 "weight_decay": weight_decay}
     out = Path(output) if output is not None else None
     if builder_kwargs and out is not None:
         raise ValueError("builder_kwargs are for runs without an output directory: the run's checkpoints, "
@@ -119,7 +127,10 @@ def train(model_name: str, dataset: str, *, epochs: int | None = None, batch_siz
     else:
         settings = {**requested, "method": method or spec.scheme.name, "seed": seed or 0}
     if recipe is None:
-        recipe = recipe_for(model_name, settings["epochs"], settings["batch_size"], method=settings["method"])
+        overrides = {field: settings.get(key) for field, key in RECIPE_OVERRIDES.items()
+                     if settings.get(key) is not None}
+        recipe = recipe_for(model_name, settings["epochs"], settings["batch_size"], method=settings["method"],
+                            **overrides)
     settings.update(epochs=recipe.epochs, batch_size=recipe.batch_size)
     index = worker_index(distribution)
     say = print if verbose and index == 0 else (lambda *_: None)
@@ -127,10 +138,13 @@ def train(model_name: str, dataset: str, *, epochs: int | None = None, batch_siz
         say(f"Resuming {out} after epoch {state['epochs_done']} of {recipe.epochs}." if state else
             f"No checkpoint in {out} yet: starting at epoch 1.")
 
-    train_data = zoo.load_dataset(info["name"], "train", batch_size=recipe.batch_size, take=settings["train_images"],
-                                  data_dir=data_dir, seed=settings["seed"])
+    train_split, val_split = _train_val_splits(info, settings.get("val_images"))
+    train_data = zoo.load_dataset(info["name"], train_split, batch_size=recipe.batch_size,
+                                  take=settings["train_images"], data_dir=data_dir, seed=settings["seed"])
     test_data = zoo.load_dataset(info["name"], info["eval_split"], batch_size=EVAL_BATCH_SIZE, take=test_images,
                                  data_dir=data_dir)
+    val_data = test_data if val_split is None else zoo.load_dataset(
+        info["name"], val_split, batch_size=EVAL_BATCH_SIZE, training=False, data_dir=data_dir)
     input_shape = info["image_shape"] if None not in info["image_shape"] else None
     keras.utils.set_random_seed(settings["seed"])
     with distribution.scope():
@@ -145,6 +159,8 @@ def train(model_name: str, dataset: str, *, epochs: int | None = None, batch_siz
     history = list(state["history"]) if state else []
 
     callbacks = _callbacks_on(recipe.callbacks(model_name), trainable, model, model_name, recipe.epochs)
+    if val_split is not None:
+        callbacks.append(TestAccuracy(model, test_data))
     stop = checkpoint.StopOnNaN()
     callbacks.append(stop)
     saver = None
@@ -160,7 +176,7 @@ def train(model_name: str, dataset: str, *, epochs: int | None = None, batch_siz
     start = time.perf_counter()
     fitted = trainable.fit(distribute_by_data(train_data, distribution), epochs=recipe.epochs,
                            initial_epoch=state["epochs_done"] if state else 0,
-                           validation_data=distribute_by_data(test_data, distribution),
+                           validation_data=distribute_by_data(val_data, distribution),
                            callbacks=callbacks, verbose=verbose)
     seconds = time.perf_counter() - start
     if out is None:
@@ -172,6 +188,7 @@ def train(model_name: str, dataset: str, *, epochs: int | None = None, batch_siz
         raise TrainingDiverged(_diverged_message(stop.where, recipe, saver))
 
     accuracies = [row["val_accuracy"] for row in history if "val_accuracy" in row]
+    recalibration = _recalibrate(model, info, train_split, settings, data_dir, val_data)
     report = {
         "model": model_name,
         "dataset": info["name"],
@@ -183,8 +200,10 @@ def train(model_name: str, dataset: str, *, epochs: int | None = None, batch_siz
         "epochs_done": history[-1]["epoch"] if history else 0,
         "train_seconds": round(seconds, 1),
         **({"builder_kwargs": builder_kwargs} if builder_kwargs else {}),
+        "validation": "held-out training images" if val_split is not None else "test split",
         "best_val_accuracy": max(accuracies, default=None),  # the reference protocol (methods.md §0.3)
         "final_val_accuracy": accuracies[-1] if accuracies else None,
+        "bn_recalibration": recalibration,
         "history": history,
         "command": command_line(settings, spec.scheme.name, test_images),
     }
@@ -196,6 +215,55 @@ def train(model_name: str, dataset: str, *, epochs: int | None = None, batch_siz
         checkpoint.atomic_write(out / REPORT, json.dumps(report, indent=1, default=_json_default))
     barrier(distribution)  # workers leave together: one leaving early fails the others' collectives
     return model, report
+
+
+#: ``train``'s keyword → the :class:`Recipe` field it overrides
+RECIPE_OVERRIDES = {"optimizer_name": "optimizer", "learning_rate": "learning_rate", "weight_decay": "weight_decay"}
+#: batches of un-augmented training images the BatchNorm statistics are re-estimated on
+RECALIBRATION_BATCHES = 50
+
+
+class TestAccuracy(keras.callbacks.Callback):
+    """Adds the student's ``test_accuracy`` on the test split to each epoch's logs (runs
+    validated on held-out training images still show what the test split measures)."""
+
+    def __init__(self, student: keras.Model, test_data):
+        super().__init__()
+        self.student = student
+        self.test_data = test_data
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None:
+            logs["test_accuracy"] = accuracy(self.student, self.test_data)
+
+
+def accuracy(model: keras.Model, data) -> float:
+    """Top-1 accuracy of ``model`` (inference mode) on ``(images, labels)`` batches."""
+    predicted = np.argmax(model.predict(data.map(lambda images, labels: images), verbose=0), axis=-1)
+    labels = np.concatenate([labels.numpy() for _, labels in data])
+    return float(np.mean(predicted == labels))
+
+
+def _train_val_splits(info: dict, val_images: int | None) -> tuple[str, str | None]:
+    """The training split, and the held-out split (the last ``val_images`` training images)."""
+    if val_images is None:
+        return "train", None
+    size = info["splits"]["train"]
+    if not 0 < val_images < size:
+        raise ValueError(f"val_images must be between 1 and {size - 1} (the training split has {size} images), "
+                         f"got {val_images}.")
+    return f"train[:{size - val_images}]", f"train[{size - val_images}:]"
+
+
+def _recalibrate(model, info: dict, train_split: str, settings: dict, data_dir, val_data) -> dict:
+    """Re-estimates the BN statistics on un-augmented training images (the moving averages
+    lag a binary network's last weight changes); measures the validation accuracy around it."""
+    images = zoo.load_dataset(info["name"], train_split, batch_size=EVAL_BATCH_SIZE, training=False,
+                              take=settings["train_images"], data_dir=data_dir)
+    before = accuracy(model, val_data)
+    batches = zoo.recalibrate_bn(model, images, RECALIBRATION_BATCHES)
+    return {"batches": batches, "batch_size": EVAL_BATCH_SIZE, "val_accuracy_before": before,
+            "val_accuracy_after": accuracy(model, val_data)}
 
 
 def _resume_point(out: Path | None, resume: bool) -> Path | None:
@@ -260,7 +328,9 @@ def command_line(settings: dict, scheme: str, test_images: int | None) -> str:
              "--epochs", str(settings["epochs"]), "--batch-size", str(settings["batch_size"])]
     optional = {"--recipe": None if settings["method"] == scheme else settings["method"],
                 "--train-images": settings["train_images"], "--test-images": test_images,
-                "--teacher": settings["teacher"], "--seed": settings["seed"] or None}
+                "--teacher": settings["teacher"], "--seed": settings["seed"] or None,
+                "--val-images": settings.get("val_images"), "--optimizer": settings.get("optimizer"),
+                "--learning-rate": settings.get("learning_rate"), "--weight-decay": settings.get("weight_decay")}
     for flag, value in optional.items():
         if value is not None:
             parts += [flag, str(value)]

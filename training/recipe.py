@@ -24,7 +24,7 @@ import zoo  # noqa: I001  (first: selects Keras 2)
 import tf_keras as keras
 from zoo import registry
 from zoo.distillation import Distiller, KnowledgeDistillation
-from zoo.optimizers import SGDCoupledDecay
+from zoo.optimizers import OPTIMIZERS, SGDCoupledDecay
 
 
 def is_imagenet_style(model_name: str) -> bool:
@@ -39,6 +39,7 @@ class Recipe:
     momentum: float = 0.9
     weight_decay: float = 1e-4
     warmup_epochs: int = 0
+    optimizer_name: str = "sgd"
 
     # (epochs, batch size, warm-up epochs) of the paper setting, per model family.
     CIFAR_DEFAULTS: ClassVar[tuple[int, int, int]] = (200, 128, 0)
@@ -64,8 +65,15 @@ class Recipe:
         progress = (epoch - start) / (self.epochs - start)
         return 0.5 * self.learning_rate * (1.0 + math.cos(math.pi * progress))
 
+    def __post_init__(self):
+        if self.optimizer_name not in OPTIMIZERS:
+            raise ValueError(f"Unknown optimizer {self.optimizer_name!r}; choose one of {', '.join(OPTIMIZERS)}.")
+
     def optimizer(self) -> keras.optimizers.Optimizer:
-        return SGDCoupledDecay(self.learning_rate, self.momentum, self.weight_decay)
+        """``optimizer_name``'s optimizer with the recipe's rate and PyTorch-style (coupled) decay."""
+        if self.optimizer_name == "sgd":
+            return SGDCoupledDecay(self.learning_rate, self.momentum, self.weight_decay)
+        return OPTIMIZERS[self.optimizer_name](self.learning_rate, self.weight_decay)
 
     def loss(self) -> keras.losses.Loss:
         return keras.losses.SparseCategoricalCrossentropy()

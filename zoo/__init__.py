@@ -12,6 +12,7 @@ from zoo.deploy import benchmark, convert
 from zoo.export import to_inference
 from zoo.loading import load
 from zoo.profile import info, summary
+from zoo.recalibration import recalibrate_bn
 from zoo.registry import (
     callbacks, list_models, pretrained_entries, register_architecture, register_scheme, register_searched,
 )
@@ -37,6 +38,7 @@ __all__ = [
     "load_dataset",
     "models",
     "optimizers",
+    "recalibrate_bn",
     "pretrained_entries",
     "register_architecture",
     "register_scheme",
