@@ -99,15 +99,16 @@ def test_distillation_trains_the_student_towards_the_frozen_teacher(fashion_mnis
 
 
 def test_the_teacher_is_the_fp_twin_loaded_from_a_file_or_the_manifest(tmp_path, monkeypatch):
-    assert teacher_name("rbcn_resnet20") == "fp_resnet20" and teacher_name("bnn_vgg_small") == "fp_vgg_small"
+    assert teacher_name("bnn_resnet20") == "fp_resnet20" and teacher_name("bnn_vgg_small") == "fp_vgg_small"
+    assert teacher_name("rbcn_resnet20") == "fp_bireal_resnet20"  # the student's topology (test_rbcn.py)
     trained = zoo.load("fp_resnet20", weights=None, input_shape=SHAPE, classes=10)
     trained.save_weights(tmp_path / "fp.h5")
 
-    from_file = prepare_teacher("rbcn_resnet20", "fashion_mnist", teacher=str(tmp_path / "fp.h5"))
+    from_file = prepare_teacher("bnn_resnet20", "fashion_mnist", teacher=str(tmp_path / "fp.h5"))
     monkeypatch.setenv("ZOO_MANIFEST", str(tmp_path / "manifest.json"))
     write_manifest(tmp_path / "manifest.json", [manifest_entry("fp_resnet20", tmp_path / "fp.h5")])
     monkeypatch.setenv("ZOO_HOME", str(tmp_path / "cache"))
-    from_manifest = prepare_teacher("rbcn_resnet20", "fashion_mnist")
+    from_manifest = prepare_teacher("bnn_resnet20", "fashion_mnist")
     for teacher in (from_file, from_manifest):
         assert teacher.name == "fp_resnet20" and not teacher.trainable and not teacher.trainable_weights
         for expected, actual in zip(trained.weights, teacher.weights):
@@ -122,5 +123,5 @@ def test_the_teacher_is_the_fp_twin_loaded_from_a_file_or_the_manifest(tmp_path,
 def test_without_weights_the_teacher_is_trained_first(fashion_mnist_data_dir):
     teacher = prepare_teacher("rbcn_resnet20", "fashion_mnist", weights=None, epochs=1, batch_size=64,
                               train_images=128, test_images=256, data_dir=fashion_mnist_data_dir)
-    assert teacher.name == "fp_resnet20" and not teacher.trainable
+    assert teacher.name == "fp_bireal_resnet20" and not teacher.trainable
     assert int(teacher.optimizer.iterations) == 2  # trained: 128 images at batch 64

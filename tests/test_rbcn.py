@@ -138,7 +138,8 @@ def real_batches(data_dir, images=128, batch_size=32):
 
 def student_and_teacher(name="rbcn_resnet20"):
     student = zoo.load(name, weights=None, input_shape=SHAPE)
-    teacher = prepare_teacher(name, "fashion_mnist", teacher=zoo.load("fp_resnet20", weights=None, input_shape=SHAPE))
+    teacher = prepare_teacher(name, "fashion_mnist",
+                              teacher=zoo.load("fp_bireal_resnet20", weights=None, input_shape=SHAPE))
     return student, teacher
 
 
@@ -272,3 +273,21 @@ def test_the_width_table_models_and_their_anchors():
     assert details["binary_convs"] == 19
     with pytest.raises(ValueError, match="variant"):
         rbcn.RBCN("lce")
+
+
+def test_the_teacher_has_the_students_topology():
+    """The discriminators compare teacher and student features: the teacher is the student's
+    Bi-Real layout with hardtanh and float convs (fp_bireal_), not the ReLU plain-block fp_."""
+    from training.teacher import teacher_name
+
+    assert teacher_name("rbcn_resnet20") == "fp_bireal_resnet20"
+    student = zoo.load("rbcn_resnet20", weights=None, input_shape=(28, 28, 1), classes=10)
+    teacher = zoo.load(teacher_name("rbcn_resnet20"), weights=None, input_shape=(28, 28, 1), classes=10)
+
+    def topology(model):
+        return [(layer.name, type(layer).__name__) for layer in model.layers
+                if not isinstance(layer, (keras.layers.Conv2D, rbcn.RectifiedBinaryConv2D))]
+
+    assert topology(teacher) == topology(student)
+    assert [layer.name for layer in teacher.layers] == [layer.name for layer in student.layers]
+    assert not any(isinstance(layer, rbcn.RectifiedBinaryConv2D) for layer in teacher.layers)

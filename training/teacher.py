@@ -19,11 +19,16 @@ import zoo  # noqa: I001  (first: selects Keras 2)
 import tf_keras as keras
 from zoo import registry
 from zoo.data import dataset_info
+from zoo.schemes.fp import full_precision_twin
 
 
 def teacher_name(student_name: str) -> str:
-    """The registered full-precision twin of a student: ``fp_<architecture>``."""
-    name = f"fp_{registry.get_model_spec(student_name).architecture.name}"
+    """The registered full-precision twin of a student: the same architecture with the
+    student's block topology (``fp_bireal_<architecture>`` for Bi-Real-layout students such
+    as RBCN's), else ``fp_<architecture>``."""
+    spec = registry.get_model_spec(student_name)
+    twin = full_precision_twin(spec.scheme, registry.schemes())
+    name = f"{twin.name}_{spec.architecture.name}"
     registry.get_model_spec(name)
     return name
 

@@ -5,11 +5,13 @@ from zoo.schemes.bireal import BiReal
 from zoo.schemes.bnn import BNN
 from zoo.schemes.bonn import BONN
 from zoo.schemes.cbcn import CBCN
-from zoo.schemes.fp import FullPrecision
+from zoo.schemes.fp import FullPrecision, FullPrecisionBiReal
 from zoo.schemes.rbcn import RBCN
 from zoo.schemes.rbnn import RBNN
 from zoo.schemes.xnor import XNOR
 
-SCHEMES: tuple[Scheme, ...] = (FullPrecision(), BNN(), XNOR(), BiReal(), RBNN(), BONN(), CBCN(), RBCN())
+SCHEMES: tuple[Scheme, ...] = (
+    FullPrecision(), FullPrecisionBiReal(), BNN(), XNOR(), BiReal(), RBNN(), BONN(), CBCN(), RBCN(),
+)
 
 __all__ = ["SCHEMES", "BinaryExport", "Reported", "Scheme", "export_rule"]

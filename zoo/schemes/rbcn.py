@@ -45,7 +45,8 @@ of an epoch's batches; activations Bi-Real's ApproxSign, a real shortcut around 
 binary conv (RBCN's baseline is Bi-Real Net). Beyond the spec: both gradients (W and C)
 come from one backward pass per step (the book updates W, then computes C's gradient —
 that would need a second forward pass); binary convs pad with +1 (LCE's fast path, §0.4)
-and the teacher is the zoo's ``fp_`` twin (ReLU where the student has hardtanh).
+and the teacher is the zoo's ``fp_bireal_`` twin: the student's topology (hardtanh, a real
+shortcut around every conv) with float convs.
 """
 
 from __future__ import annotations
