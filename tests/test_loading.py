@@ -17,6 +17,7 @@ from zoo import loading, weights
 def home(tmp_path, monkeypatch):
     monkeypatch.setenv("ZOO_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("ZOO_MANIFEST", str(tmp_path / "manifest.json"))
+    write_manifest(tmp_path / "manifest.json", [])  # a named manifest must exist
     monkeypatch.delenv("ZOO_OFFLINE", raising=False)
     return tmp_path
 

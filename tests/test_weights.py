@@ -4,8 +4,14 @@ from __future__ import annotations
 
 import ast
 import collections
+import fcntl
 import hashlib
 import http.server
+import os
+import signal
+import stat
+import subprocess
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -31,6 +37,24 @@ from zoo.weights import (
 
 FLAKY_FAILURES = 2
 SLOW_DELAY = 1.0
+DRIP_INTERVAL = 0.2
+DRIP_SECONDS = 4.0
+PIECES = 10
+PIECE_DELAY = 0.05
+
+#: fetches one URL in a separate process with this very zoo.weights module, loaded by
+#: path (it imports nothing of zoo), once the file argv[3] exists; prints the path
+CHILD = """
+import importlib.util, sys, time
+from pathlib import Path
+spec = importlib.util.spec_from_file_location("zoo_weights", sys.argv[1])
+weights = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(weights)
+print("ready", flush=True)
+while not Path(sys.argv[3]).exists():
+    time.sleep(0.01)
+print(weights.fetch(sys.argv[2], progress=False), flush=True)
+"""
 
 
 def make_h5(path: Path, seed: int = 0) -> Path:
@@ -69,6 +93,7 @@ def server(tmp_path, monkeypatch):
     other = make_h5(tmp_path / "other.h5", seed=1).read_bytes()
     state = Server(base="", good=good, other=other)
     lock = threading.Lock()
+    release = threading.Event()  # ends the handlers still stalling at teardown
 
     class Handler(http.server.BaseHTTPRequestHandler):
         def log_message(self, *args):
@@ -80,6 +105,24 @@ def server(tmp_path, monkeypatch):
             self.send_header("Content-Length", str(len(body) if length is None else length))
             self.end_headers()
             self.wfile.write(body)
+
+        def send_head(self, length: int) -> None:
+            self.send_response(200)
+            self.send_header("Content-Type", "application/octet-stream")
+            self.send_header("Content-Length", str(length))
+            self.end_headers()
+
+        def send_pieces(self, pieces: list[bytes], delay: float) -> None:
+            """Sends ``pieces`` of the body ``delay`` s apart (until the client hangs up)."""
+            self.close_connection = True
+            try:
+                for piece in pieces:
+                    self.wfile.write(piece)
+                    self.wfile.flush()
+                    if release.wait(delay):
+                        return
+            except ConnectionError:
+                pass
 
         def do_GET(self):
             name = self.path.split("?")[0].lstrip("/").split("/")[-1]
@@ -104,6 +147,20 @@ def server(tmp_path, monkeypatch):
                     self.send_body(good)
             elif name == "busy.h5":
                 self.send_error(429)
+            elif name == "drip.h5":  # a byte every DRIP_INTERVAL s, then hangs up
+                self.send_head(len(good))
+                drips = int(DRIP_SECONDS / DRIP_INTERVAL)
+                self.send_pieces([good[i : i + 1] for i in range(drips)], DRIP_INTERVAL)
+            elif name == "stall.h5":  # first request: half the body, then nothing
+                self.send_head(len(good))
+                if count == 1:
+                    self.send_pieces([good[: len(good) // 2]], delay=30.0)
+                else:
+                    self.send_pieces([good], delay=0)
+            elif name == "pieces.h5":  # the body in PIECES pieces, PIECE_DELAY s apart
+                self.send_head(len(good))
+                size = -(-len(good) // PIECES)
+                self.send_pieces([good[i : i + size] for i in range(0, len(good), size)], PIECE_DELAY)
             elif name == "slow.h5":
                 time.sleep(SLOW_DELAY)
                 try:
@@ -120,6 +177,7 @@ def server(tmp_path, monkeypatch):
     try:
         yield state
     finally:
+        release.set()
         httpd.shutdown()
         httpd.server_close()
         thread.join()
@@ -138,6 +196,23 @@ def cached_files() -> list[Path]:
     return sorted(p for p in root.rglob("*") if p.is_file()) if root.exists() else []
 
 
+def start_fetch_process(url: str, go: Path) -> subprocess.Popen:
+    """A process that fetches ``url`` once the file ``go`` exists (already importing nothing)."""
+    child = subprocess.Popen(
+        [sys.executable, "-c", CHILD, weights.__file__, url, str(go)], stdout=subprocess.PIPE, text=True
+    )
+    assert child.stdout.readline() == "ready\n"
+    return child
+
+
+def wait_for(condition, timeout: float = 30.0):
+    end = time.monotonic() + timeout
+    while not (result := condition()):
+        assert time.monotonic() < end, "timed out waiting"
+        time.sleep(0.02)
+    return result
+
+
 # --- environment -----------------------------------------------------------
 
 
@@ -151,11 +226,24 @@ def test_zoo_home_and_cache_dir_follow_env(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize(
     "value, expected",
-    [("1", True), ("true", True), ("YES", True), ("0", False), ("no", False), ("", False)],
+    [
+        *[(v, True) for v in ("1", "true", "YES", "on", "On", " yes ")],
+        *[(v, False) for v in ("0", "false", "no", "off", "OFF", "", " ")],
+    ],
 )
 def test_is_offline(monkeypatch, value, expected):
     monkeypatch.setenv("ZOO_OFFLINE", value)
     assert weights.is_offline() is expected
+
+
+@pytest.mark.parametrize("value", ["2", "maybe", "offline", "tru"])
+def test_unrecognised_offline_value_is_refused(server, monkeypatch, value):
+    monkeypatch.setenv("ZOO_OFFLINE", value)
+    with pytest.raises(WeightsError) as info:
+        fetch(server.url("good.h5"), progress=False)
+    message = str(info.value)
+    assert f"ZOO_OFFLINE={value!r} is neither true (1, true, yes, on) nor false (0, false, no, off" in message
+    assert server.total == 0
 
 
 def test_module_imports_nothing_of_models():
@@ -350,12 +438,31 @@ def test_404_is_not_retried(server):
     assert cached_files() == []
 
 
-def test_timeout_is_retried(server):
+def test_a_stalled_attempt_is_retried(server, monkeypatch):
+    monkeypatch.setattr(weights, "STALL_TIMEOUT", SLOW_DELAY / 5)
     with pytest.raises(DownloadError, match="timed out") as info:
-        fetch(server.url("slow.h5"), progress=False, retries=2, timeout=SLOW_DELAY / 5)
+        fetch(server.url("slow.h5"), progress=False, retries=2)
     assert "2 attempt" in str(info.value)
     assert server.counts["slow.h5"] == 2
     assert cached_files() == []
+
+
+def test_timeout_is_a_deadline_for_the_whole_fetch(server):
+    """A server dripping a byte every 0.2 s never trips a per-read timeout."""
+    start = time.monotonic()
+    with pytest.raises(DownloadError) as info:
+        fetch(server.url("drip.h5"), progress=False, timeout=1.0)
+    elapsed = time.monotonic() - start
+    assert f"Could not download {server.url('drip.h5')} within timeout=1 s" in str(info.value)
+    assert elapsed < 2.5
+    assert server.counts["drip.h5"] == 1
+    assert cached_files() == []
+
+
+def test_timeout_must_be_positive(server):
+    with pytest.raises(ValueError, match="timeout must be a positive number of seconds, got 0"):
+        fetch(server.url("good.h5"), timeout=0)
+    assert server.total == 0
 
 
 def test_downloaded_non_hdf5_is_rejected(server):
@@ -384,6 +491,53 @@ def test_interrupted_download_leaves_no_file(server, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         fetch(server.url("good.h5"), progress=False)
     assert cached_files() == []
+
+
+def test_a_killed_download_leaves_no_partial_file(server, tmp_path):
+    go = tmp_path / "go"
+    go.touch()
+    url = server.url("stall.h5")
+    child = start_fetch_process(url, go)
+    key_dir = cache_dir() / sha(url.encode())[:16]
+    wait_for(lambda: list(key_dir.glob("*.part")))  # the child is mid-download
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+    assert len(list(key_dir.glob("*.part"))) == 1
+
+    stale = cache_dir() / "otherkey" / "x.h5.0123.part"  # left by another killed download
+    live = cache_dir() / "livekey" / "x.h5.4567.part"  # written by a download still running
+    for part in (stale, live):
+        part.parent.mkdir(parents=True)
+        part.write_bytes(b"partial")
+    (weights.zoo_home() / "locks").mkdir(exist_ok=True)
+    with open(weights.zoo_home() / "locks" / "livekey.lock", "ab") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        path = fetch(url, progress=False)
+
+    assert path.read_bytes() == server.good
+    assert [p for p in cached_files() if p.suffix == ".part"] == [live]
+
+
+def test_processes_fetching_one_url_download_it_once(server, tmp_path):
+    go = tmp_path / "go"
+    url = server.url("pieces.h5")
+    children = [start_fetch_process(url, go) for _ in range(3)]
+    go.touch()
+    paths = [child.communicate(timeout=60)[0].strip() for child in children]
+    assert [child.returncode for child in children] == [0, 0, 0]
+    assert len(set(paths)) == 1 and Path(paths[0]).read_bytes() == server.good
+    assert server.counts["pieces.h5"] == 1
+
+
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o002, 0o664), (0o077, 0o600)])
+def test_cached_files_follow_the_umask(server, umask, mode):
+    previous = os.umask(umask)
+    try:
+        path = fetch(server.url("good.h5"), progress=False)
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE(path.stat().st_mode) == mode
+    assert stat.S_IMODE(path.with_name("good.h5.sha256").stat().st_mode) == mode
 
 
 def test_progress_bar_goes_to_stderr_unless_disabled(server, capsys):
@@ -425,6 +579,24 @@ def test_cached_file_with_wrong_sha_is_redownloaded(server):
     path.write_bytes(server.other)  # valid HDF5, wrong content
     assert fetch(server.url("good.h5"), digest, progress=False) == path
     assert path.read_bytes() == server.good
+    assert server.counts["good.h5"] == 2
+
+
+def test_download_without_sha_is_reverified_on_each_use(server, monkeypatch):
+    path = fetch(server.url("good.h5"), progress=False)
+    record = path.with_name("good.h5.sha256")
+    assert record.read_text() == f"{sha(server.good)}  good.h5\n"  # sha256sum -c reads it
+
+    path.write_bytes(server.other)  # valid HDF5, tampered with
+    assert fetch(server.url("good.h5"), progress=False) == path
+    assert path.read_bytes() == server.good
+    assert server.counts["good.h5"] == 2
+
+    path.write_bytes(server.other)
+    monkeypatch.setenv("ZOO_OFFLINE", "on")
+    with pytest.raises(OfflineError):
+        fetch(server.url("good.h5"), progress=False)
+    assert not path.exists() and not record.exists()
     assert server.counts["good.h5"] == 2
 
 
