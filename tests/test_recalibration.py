@@ -112,17 +112,3 @@ def test_a_run_with_held_out_images_validates_on_them_and_reports_the_test_split
     assert loop._train_val_splits({"splits": {"train": 60_000}}, 5_000) == ("train[:55000]", "train[55000:]")
     with pytest.raises(ValueError, match="val_images must be between 1 and 59999"):
         loop._train_val_splits({"splits": {"train": 60_000}}, 60_000)
-
-
-def test_the_optimizer_is_chosen_by_name_with_coupled_decay_except_excluded_variables():
-    from training.recipe import Recipe
-    from zoo.optimizers import AdamCoupledDecay
-
-    with pytest.raises(ValueError, match="Unknown optimizer 'rmsprop'"):
-        Recipe(epochs=1, batch_size=8, optimizer_name="rmsprop")
-    optimizer = Recipe(epochs=1, batch_size=8, optimizer_name="adam", learning_rate=0.5, weight_decay=0.1).optimizer()
-    assert isinstance(optimizer, AdamCoupledDecay)
-    decayed, excluded = tf.Variable([2.0]), tf.Variable([2.0])
-    optimizer.exclude_from_weight_decay(var_list=[excluded])
-    optimizer.apply_gradients([(tf.constant([0.0]), decayed), (tf.constant([0.0]), excluded)])
-    assert decayed.numpy()[0] < 2.0 and excluded.numpy()[0] == 2.0  # Adam moves only a non-zero gradient

@@ -46,6 +46,7 @@ class CBCNRecipe(Recipe):
     """SGD 0.9, lr 0.1 × 0.1 every 2/9 of the main stage, coupled weight decay 1e-4; the
     last ``centre_loss_epochs`` epochs fine-tune with the centre loss at lr 1e-3 (§4.4)."""
 
+    schedule: str = "step"
     centre_loss_epochs: int = 0
     fine_tune_learning_rate: float = 1e-3
     centre_loss_weight: float = CENTRE_LOSS_WEIGHT
@@ -53,6 +54,7 @@ class CBCNRecipe(Recipe):
 
     CIFAR_DEFAULTS: ClassVar[tuple[int, int, int]] = (200, 128, 0)
     IMAGENET_DEFAULTS: ClassVar[tuple[int, int, int]] = (100, 256, 0)
+    SCHEDULES: ClassVar[tuple[str, ...]] = ("step", "cosine")
 
     def __post_init__(self):
         super().__post_init__()
@@ -74,6 +76,11 @@ class CBCNRecipe(Recipe):
         return self.epochs - self.centre_loss_epochs
 
     def learning_rate_at(self, epoch: int) -> float:
+        """``step`` (the reference): the step decays, then the fine-tune's constant rate;
+        ``cosine``: the other recipes' cosine to 0 over the whole run, centre-loss stage
+        included — the schedule to rank CBCN against them with."""
+        if self.schedule == "cosine":
+            return super().learning_rate_at(epoch)
         if epoch >= self.main_epochs:
             return self.fine_tune_learning_rate
         decays = math.floor(epoch * REFERENCE_EPOCHS / (REFERENCE_DECAY_EVERY * self.main_epochs))

@@ -81,7 +81,7 @@ def train(model_name: str, dataset: str, *, epochs: int | None = None, batch_siz
           strategy: str = "default", teacher: str | None = None, train_images: int | None = None,
           test_images: int | None = None, val_images: int | None = None, seed: int | None = None,
           optimizer: str | None = None, learning_rate: float | None = None, weight_decay: float | None = None,
-          export: bool = True, builder_kwargs: dict | None = None, verbose: int = 1):
+          schedule: str | None = None, export: bool = True, builder_kwargs: dict | None = None, verbose: int = 1):
     """Trains ``model_name`` on ``dataset`` with its method's recipe; returns (model, report).
 
     Args:
@@ -96,8 +96,9 @@ def train(model_name: str, dataset: str, *, epochs: int | None = None, batch_siz
       val_images: hold out the last N training images: ``val_*`` in the history is
         measured on them (choose schedules there), ``test_*`` on the test split. Without
         it ``val_*`` is the test split.
-      optimizer, learning_rate, weight_decay: override the recipe's (``"sgd"`` or
-        ``"adam"``; the decay is PyTorch-style, coupled).
+      optimizer, learning_rate, weight_decay, schedule: override the recipe's (``"sgd"`` or
+        ``"adam"``; the decay is PyTorch-style, coupled; ``"cosine"`` or a recipe's own, e.g.
+        CBCN's ``"step"``).
       seed: data order, augmentation and initialisation (default 0).
       export: with ``output``, write the weights file, manifest entry and .tflite at the end.
       builder_kwargs: architecture keywords (e.g. ``width_multiplier``) for runs without
@@ -115,7 +116,7 @@ def train(model_name: str, dataset: str, *, epochs: int | None = None, batch_siz
     requested = {"model": model_name, "dataset": info["name"], "method": method, "epochs": epochs,
                  "batch_size": batch_size, "train_images": train_images, "teacher": teacher, "seed": seed,
                  "val_images": val_images, "optimizer": optimizer, "learning_rate": learning_rate,
-                 "weight_decay": weight_decay}
+                 "weight_decay": weight_decay, "schedule": schedule}
     out = Path(output) if output is not None else None
     if builder_kwargs and out is not None:
         raise ValueError("builder_kwargs are for runs without an output directory: the run's checkpoints, "
@@ -218,7 +219,8 @@ def train(model_name: str, dataset: str, *, epochs: int | None = None, batch_siz
 
 
 #: ``train``'s keyword → the :class:`Recipe` field it overrides
-RECIPE_OVERRIDES = {"optimizer_name": "optimizer", "learning_rate": "learning_rate", "weight_decay": "weight_decay"}
+RECIPE_OVERRIDES = {"optimizer_name": "optimizer", "learning_rate": "learning_rate", "weight_decay": "weight_decay",
+                    "schedule": "schedule"}
 #: batches of un-augmented training images the BatchNorm statistics are re-estimated on
 RECALIBRATION_BATCHES = 50
 
@@ -330,7 +332,8 @@ def command_line(settings: dict, scheme: str, test_images: int | None) -> str:
                 "--train-images": settings["train_images"], "--test-images": test_images,
                 "--teacher": settings["teacher"], "--seed": settings["seed"] or None,
                 "--val-images": settings.get("val_images"), "--optimizer": settings.get("optimizer"),
-                "--learning-rate": settings.get("learning_rate"), "--weight-decay": settings.get("weight_decay")}
+                "--learning-rate": settings.get("learning_rate"), "--weight-decay": settings.get("weight_decay"),
+                "--schedule": settings.get("schedule")}
     for flag, value in optional.items():
         if value is not None:
             parts += [flag, str(value)]

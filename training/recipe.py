@@ -40,12 +40,15 @@ class Recipe:
     weight_decay: float = 1e-4
     warmup_epochs: int = 0
     optimizer_name: str = "sgd"
+    schedule: str = "cosine"
 
     # (epochs, batch size, warm-up epochs) of the paper setting, per model family.
     CIFAR_DEFAULTS: ClassVar[tuple[int, int, int]] = (200, 128, 0)
     IMAGENET_DEFAULTS: ClassVar[tuple[int, int, int]] = (100, 256, 0)
     #: whether ``wrap`` requires a full-precision teacher (RBCN)
     NEEDS_TEACHER: ClassVar[bool] = False
+    #: the learning-rate schedules ``learning_rate_at`` knows
+    SCHEDULES: ClassVar[tuple[str, ...]] = ("cosine",)
 
     @classmethod
     def for_model(cls, model_name: str, epochs: int | None = None, batch_size: int | None = None, **overrides):
@@ -68,6 +71,9 @@ class Recipe:
     def __post_init__(self):
         if self.optimizer_name not in OPTIMIZERS:
             raise ValueError(f"Unknown optimizer {self.optimizer_name!r}; choose one of {', '.join(OPTIMIZERS)}.")
+        if self.schedule not in self.SCHEDULES:
+            raise ValueError(f"{type(self).__name__} has no {self.schedule!r} schedule; it has: "
+                             f"{', '.join(self.SCHEDULES)}.")
 
     def optimizer(self) -> keras.optimizers.Optimizer:
         """``optimizer_name``'s optimizer with the recipe's rate and PyTorch-style (coupled) decay."""
