@@ -1,0 +1,104 @@
+"""Methods side by side from their `zoo train` runs: test accuracy per epoch of every run
+on one plot (PNG) and a table (JSON + markdown), read from the runs' own records.
+
+    python benchmarks/training_curves.py runs/fp_resnet20 runs/bnn_resnet20 --name same_budget_fashion_mnist
+
+Each RUN is a `zoo train` output directory (its `report.json`, written when the run
+finished). The table gives the budget each run had (epochs x training images, batch,
+recipe, optimizer), the held-out accuracy per epoch where the run held images out, the
+test accuracy per epoch, the final test accuracy before and after the BatchNorm
+re-estimation, and the run's command. Runs with different budgets are refused unless
+``--mixed-budgets`` is given: a comparison of methods is made at equal budgets.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import RESULTS, markdown_table, parse_arguments, write_results  # noqa: E402
+
+
+def read_run(directory: Path) -> dict:
+    report_file = directory / "report.json"
+    if not report_file.is_file():
+        raise SystemExit(f"training_curves.py: error: {report_file} does not exist (has the run finished?)")
+    report = json.loads(report_file.read_text())
+    history = report["history"]
+    held_out = report.get("validation") == "held-out training images"
+    test = [row["test_accuracy" if held_out else "val_accuracy"] for row in history]
+    recipe = report["recipe"]
+    return {
+        "model": report["model"],
+        "budget": {"epochs": report["epochs_done"], "train_images": report["train_images_per_epoch"],
+                   "batch_size": recipe["batch_size"]},
+        "recipe": recipe,
+        "held_out_accuracy": [row["val_accuracy"] for row in history] if held_out else None,
+        "test_accuracy": test,
+        "final_test_accuracy": test[-1],
+        "test_top1_after_bn_recalibration": report.get("test_top1", None if held_out else
+                                                       report.get("bn_recalibration", {}).get("val_accuracy_after")),
+        "command": report["command"],
+    }
+
+
+def plot(runs: dict, path: Path, title: str) -> None:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
+
+    figure = Figure(figsize=(8, 4.5), layout="constrained")
+    FigureCanvasAgg(figure)
+    axes = figure.subplots()
+    for label, run in runs.items():
+        epochs = range(1, len(run["test_accuracy"]) + 1)
+        axes.plot(epochs, [100 * a for a in run["test_accuracy"]], marker="o", markersize=3, label=label)
+    axes.set_xlabel("epoch")
+    axes.set_ylabel("test top-1 (%)")
+    axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+    axes.grid(alpha=0.3)
+    axes.legend()
+    axes.set_title(title)
+    figure.savefig(path, dpi=100)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("runs", nargs="+", type=Path, help="zoo train output directories")
+    parser.add_argument("--mixed-budgets", action="store_true", help="allow runs with different budgets")
+    parser.add_argument("--name", required=True, help="results file name")
+    args = parse_arguments(parser, argv)
+    runs = {}
+    for directory in args.runs:
+        run = read_run(directory)
+        label = run["model"] if run["model"] not in runs else f"{run['model']} ({directory.name})"
+        runs[label] = run
+    budgets = {json.dumps(run["budget"], sort_keys=True) for run in runs.values()}
+    if len(budgets) > 1 and not args.mixed_budgets:
+        parser.exit(2, f"training_curves.py: error: the runs have different budgets ({'; '.join(sorted(budgets))}); "
+                       "compare runs of one budget, or pass --mixed-budgets.\n")
+
+    rows = [[label, f"{run['budget']['epochs']} x {run['budget']['train_images']}, batch {run['budget']['batch_size']}",
+             f"{run['recipe']['name']}, {run['recipe'].get('optimizer_name', 'sgd')} {run['recipe']['learning_rate']}",
+             " / ".join(f"{100 * a:.1f}" for a in run["test_accuracy"]),
+             f"{100 * run['final_test_accuracy']:.2f} %",
+             "" if run["test_top1_after_bn_recalibration"] is None
+             else f"{100 * run['test_top1_after_bn_recalibration']:.2f} %"]
+            for label, run in runs.items()]
+    table = markdown_table(rows, ["model", "budget (epochs x images)", "recipe", "test top-1 per epoch (%)",
+                                  "final test top-1", "after BN re-estimation (shipped)"])
+    table += ("\n\nTest accuracy on all 10 000 Fashion-MNIST test images after each epoch (measured only; "
+              "schedules were chosen on held-out training images where a run held them out). Commands:\n\n"
+              + "\n".join(f"- `{run['command']}`" for run in runs.values())
+              + f"\n\n![test accuracy per epoch]({args.name}.png)")
+    RESULTS.mkdir(exist_ok=True)
+    plot(runs, RESULTS / f"{args.name}.png", "Fashion-MNIST, test top-1 per epoch")
+    write_results(args.name, {"runs": runs}, table)
+
+
+if __name__ == "__main__":
+    main()
