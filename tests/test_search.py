@@ -13,6 +13,7 @@ from larq_compute_engine.tflite.python.interpreter import Interpreter
 from zoo import cli, registry
 from zoo.export import binary_exports, convert_lce, op_histogram, to_inference
 from zoo.search import DOWNSAMPLES, OPS, Budget, BudgetError, Genotype, Node, SearchedNetwork, Stage, get_space
+from zoo.search import tuning
 from zoo.search.budget import check_reachable, model_costs
 from zoo.search.kt import keras_tuner as kt
 from zoo.search.ops import UnknownOpError, UnsupportedOpError
@@ -178,8 +179,12 @@ def test_an_unreachable_budget_fails_before_any_training(tmp_path, capsys):
     assert not output.exists()
 
 
-def test_search_records_over_budget_trials_and_serves_the_best(tmp_path, fashion_mnist_data_dir, isolated_registry):
+def test_search_trains_every_trial_within_budget_and_serves_the_best(tmp_path, fashion_mnist_data_dir,
+                                                                     isolated_registry, monkeypatch):
     output = tmp_path / "search"
+    drawn = []
+    monkeypatch.setattr(tuning.BinaryHyperModel, "costs",
+                        lambda self, model: drawn.append(model_costs(model)) or drawn[-1])
     # Hyperband, 3 epochs, factor 3: three 1-epoch trials, then the best of them continued to epoch 3.
     status = cli.main(["search", "--space", "bars", *TINY_SEARCH, "--tuner", "hyperband", "--epochs", "3",
                        "--max-trials", "4", "--budget", "binary_macs=6M", "--data-dir", fashion_mnist_data_dir,
@@ -188,17 +193,16 @@ def test_search_records_over_budget_trials_and_serves_the_best(tmp_path, fashion
     summary = json.loads((output / "summary.json").read_text())
     trials = summary["trials"]
     assert [t["trial_id"] for t in trials] == ["0", "1", "2", "3"] and {t["status"] for t in trials} == {"COMPLETED"}
+    # seed 4's oracle proposes candidates on both sides of the budget: those over it were
+    # replaced by samples within it, and every trial trained one
+    assert any(costs["binary_macs"] > 6e6 for costs in drawn) and len(drawn) > 4
     first_round, continued = trials[:3], trials[3]
-    over = [t for t in first_round if t["over_budget"]]
-    trained = [t for t in first_round if not t["over_budget"]]
-    assert over and trained, "seed 4 gives trials on both sides of the budget"
-    for trial in over:  # recorded with its costs, not trained, scored below every trained trial
-        assert trial["binary_macs"] > 6e6 and trial["val_accuracy"] is None and trial["epochs_trained"] == 0
-        assert trial["score"] == pytest.approx(-(trial["binary_macs"] / 6e6 - 1))
-    for trial in trained:
-        assert trial["binary_macs"] <= 6e6 and trial["score"] == trial["val_accuracy"]
-        assert 0 <= trial["val_accuracy"] <= 1 and trial["epochs_trained"] == 1
+    for trial in trials:
+        assert not trial["over_budget"] and trial["binary_macs"] <= 6e6 and trial["score"] == trial["val_accuracy"]
+        assert 0 <= trial["val_accuracy"] <= 1
+    assert [trial["epochs_trained"] for trial in first_round] == [1, 1, 1]
     # the continued trial is the best trained one, on from its checkpoint (epochs 2 and 3)
+    trained = first_round
     best_first = max(trained, key=lambda t: t["val_accuracy"])
     assert continued["genotype"] == best_first["genotype"] and continued["scheme"] == best_first["scheme"]
     assert continued["epochs"] == 3 and continued["epochs_trained"] == 2
@@ -218,6 +222,79 @@ def test_search_records_over_budget_trials_and_serves_the_best(tmp_path, fashion
     assert name in zoo.list_models() and zoo.info(name)["binary_macs"] == best["binary_macs"]
     assert zoo.callbacks(config, 2) == []
     assert op_histogram(convert_lce(zoo.load(name, weights=None)))["LceBconv2d"] == best["binary_convs"]
+
+
+def test_a_search_where_no_sample_fits_the_budget_says_what_to_change(tmp_path, fashion_mnist_data_dir,
+                                                                      monkeypatch):
+    from zoo.search import run_search
+
+    monkeypatch.setattr(tuning, "MAX_SAMPLES", 2)
+    output = tmp_path / "search"
+    # 560k binary MACs: the space's least (521k: no binary cell op) fits, random samples do not
+    with pytest.raises(BudgetError) as refused:
+        run_search(space="bars", dataset="fashion_mnist", budget="binary_macs=560k", tuner="random", max_trials=2,
+                   epochs=1, output_dir=output, schemes=["bnn"], ops=["bconv3x3", "skip", "max_pool3x3"],
+                   train_images=96, val_images=64, batch_size=32, data_dir=fashion_mnist_data_dir, verbose=0)
+    message = str(refused.value)
+    assert message.startswith("No trial was trained: none of 2 trials found an architecture within the budget "
+                              "(binary_macs <= 560k) in 2 samples of the space")
+    assert "Raise the budget, or narrow the space" in message and str(output) in message
+    summary = json.loads((output / "summary.json").read_text())
+    assert all(t["over_budget"] and t["binary_macs"] > 560e3 for t in summary["trials"])
+    assert summary["best_config"] is None and not (output / "best.json").exists()
+
+
+@pytest.mark.parametrize("setting, value", [("max_trials", 0), ("epochs", 0), ("val_images", 0), ("batch_size", -1),
+                                            ("train_images", 0), ("patience", -1), ("learning_rate", 0.0)])
+def test_search_settings_are_checked_before_anything_is_written(setting, value, tmp_path):
+    from zoo.search import run_search
+
+    with pytest.raises(ValueError, match=rf"^{setting} \(--{setting.replace('_', '-')}\) must be"):
+        run_search(dataset="fashion_mnist", output_dir=tmp_path / "search", **{setting: value})
+    assert not (tmp_path / "search").exists()
+
+
+SEARCHED = {"format": "zoo-searched-architecture", "version": 1, "name": "mine", "scheme": "bnn",
+            "input_shape": [28, 28, 1], "classes": 10,
+            "genotype": {"stem": "conv3x3_s2", "stages": [
+                {"width": 8, "cells": 1, "downsample": None, "cell": [{"inputs": [0], "ops": ["bconv3x3"]}]}]}}
+
+
+def searched(**changes) -> dict:
+    """SEARCHED with ``changes``: top-level fields, or ``stage``/``node`` fields of the first stage/node."""
+    config = json.loads(json.dumps(SEARCHED))
+    config["genotype"]["stages"][0].update(changes.pop("stage", {}))
+    config["genotype"]["stages"][0]["cell"][0].update(changes.pop("node", {}))
+    return {**config, **changes}
+
+
+@pytest.mark.parametrize("config, expected", [
+    (searched(node={"inputs": [0.0]}), "genotype.stages[0].cell[0].inputs[0] must be an integer, got 0.0."),
+    (searched(stage={"width": True}), "genotype.stages[0].width must be an integer, got true."),
+    (searched(stage={"width": 10**7}), "genotype.stages[0].width must be in 1..2048, got 10000000."),
+    (searched(stage={"width": 2048, "cells": 64}), "genotype has 2,415,919,104 binary-conv weights, more than the "
+                                                   "64,000,000"),
+    (searched(input_shape=[28, 28]), "input_shape must have 3 items [height, width, channels], got [28, 28]."),
+    (searched(classes="10"), 'classes must be an integer, got "10".'),
+    (searched(node={"ops": []}), "genotype.stages[0].cell[0].ops must have 1 to 8 items, got []."),
+    (searched(genotype={"stages": []}), "genotype lacks stem."),
+    (searched(search={"a": {"b": {"c": {"d": {}}}}}), "search nests deeper than 3 levels."),
+], ids=["float-index", "bool-width", "huge-width", "too-many-weights", "2d-input", "text-classes", "no-ops",
+        "no-stem", "deep-provenance"])
+def test_a_searched_architecture_file_is_checked_against_its_schema(config, expected, tmp_path, isolated_registry,
+                                                                      capsys):
+    path = tmp_path / "best.json"
+    path.write_text(json.dumps(config))
+    assert cli.main(["info", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"zoo info: error: {path}: {expected}") and err.count("\n") == 1, err
+
+
+def test_a_searched_architecture_nested_200_000_deep_is_refused_in_one_line(tmp_path, isolated_registry, capsys):
+    path = tmp_path / "best.json"
+    path.write_text(json.dumps(SEARCHED)[:-1] + ', "search": ' + "[" * 200_000 + "]" * 200_000 + "}")
+    assert cli.main(["info", str(path)]) == 2
+    assert capsys.readouterr().err == f"zoo info: error: {path} nests too deeply to be a searched architecture.\n"
 
 
 def test_a_registered_name_is_not_silently_replaced(tmp_path, isolated_registry):

@@ -112,9 +112,6 @@ def cmd_search(args) -> int:
         return 0
     if not args.quiet:
         print((Path(args.output) / "summary.md").read_text())
-    if summary["best_config"] is None:
-        print("zoo search: no trial within budget was trained.", file=sys.stderr)
-        return 1
     print(f"Best architecture: {summary['best_config']} (model {summary['best_model']}); "
           f"train it with `zoo train {summary['best_config']} --dataset {args.dataset}`.")
     return 0
@@ -342,12 +339,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def user_errors() -> tuple[type[Exception], ...]:
+    """What the zoo raises for bad input, which the commands report in one line: ValueError
+    and its subclasses (unknown names, shapes, settings, weights files, budgets, checkpoints)
+    and a dataset that is not prepared. Anything else is a bug and keeps its traceback."""
+    from zoo.data import DatasetNotFoundError
+
+    return (ValueError, DatasetNotFoundError)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.run(args)
-    except ValueError as err:  # the zoo's user-facing errors (unknown name, bad shape, ...)
-        print(f"zoo: error: {err}", file=sys.stderr)
+    except user_errors() as err:
+        print(f"zoo {args.command}: error: {err}", file=sys.stderr)
         return 2
 
 

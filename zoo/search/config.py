@@ -17,6 +17,11 @@ A JSON object::
 ``costs`` and ``search`` are provenance (what the search measured); the model is defined by
 ``scheme``, ``genotype``, ``input_shape`` and ``classes`` alone. ``zoo.load(path)`` or
 ``zoo.register_searched(path)`` serve it; see :func:`zoo.registry.register_searched`.
+
+A file is untrusted input: it is checked against :data:`SCHEMA` (types and bounds, a
+JSON-Schema subset) and its binary-conv weights are counted from the genotype before
+anything is built, so a malformed or enormous architecture is refused in one line naming
+the field.
 """
 
 from __future__ import annotations
@@ -30,9 +35,129 @@ from pathlib import Path
 
 from zoo.architectures.common import Architecture
 from zoo.search.network import Genotype, SearchedNetwork
+from zoo.search.ops import OPS
 
 FORMAT = "zoo-searched-architecture"
 VERSION = 1
+#: binary-conv weights a searched architecture may have (the searched spaces' largest have
+#: a few hundred thousand; a ResNet-50 has 25M weights in all)
+MAX_BINARY_WEIGHTS = 64_000_000
+
+
+def _integer(least: int, most: int) -> dict:
+    return {"type": "integer", "minimum": least, "maximum": most}
+
+
+def _name(longest: int = 64) -> dict:
+    return {"type": "string", "maxLength": longest}
+
+
+_NODE = {
+    "type": "object",
+    "required": ["inputs", "ops"],
+    "properties": {
+        "inputs": {"type": "array", "minItems": 1, "maxItems": 8, "items": _integer(0, 16)},
+        "ops": {"type": "array", "minItems": 1, "maxItems": 8, "items": _name()},
+    },
+}
+_STAGE = {
+    "type": "object",
+    "required": ["width", "cells", "cell"],
+    "properties": {
+        "width": _integer(1, 2048),
+        "cells": _integer(1, 64),
+        "downsample": {"type": ["string", "null"], "maxLength": 64},
+        "cell": {"type": "array", "minItems": 1, "maxItems": 16, "items": _NODE},
+    },
+}
+#: the searched-architecture file, as a JSON Schema (the subset :func:`check_schema` reads)
+SCHEMA = {
+    "type": "object",
+    "required": ["format", "version", "name", "scheme", "input_shape", "classes", "genotype"],
+    "properties": {
+        "format": {"const": FORMAT},
+        "version": {"const": VERSION},
+        "name": _name(),
+        "scheme": _name(),
+        "input_shape": {"type": "array", "minItems": 3, "maxItems": 3, "items": _integer(1, 4096),
+                        "description": "[height, width, channels]"},
+        "classes": _integer(1, 100_000),
+        "genotype": {
+            "type": "object",
+            "required": ["stem", "stages"],
+            "properties": {
+                "stem": _name(),
+                "stages": {"type": "array", "minItems": 1, "maxItems": 8, "items": _STAGE},
+            },
+        },
+        "costs": {"type": "object", "maxDepth": 1},
+        "search": {"type": "object", "maxDepth": 3},
+    },
+}
+_TYPES = {"object": dict, "array": list, "string": str, "integer": int, "number": (int, float), "null": type(None)}
+_KINDS = {"object": "an object", "array": "an array", "string": "a string", "integer": "an integer",
+          "number": "a number", "null": "null"}
+
+
+def check_schema(value, schema: dict = SCHEMA, where: str = "") -> None:
+    """Raises ValueError naming the first field of ``value`` that ``schema`` refuses.
+
+    Reads ``type``, ``const``, ``minimum``/``maximum``, ``minItems``/``maxItems``, ``items``,
+    ``maxLength``, ``required``, ``properties`` and ``maxDepth`` (how deeply an object may
+    nest), and walks ``value`` only as deep as the schema goes. Booleans are no numbers.
+    """
+    field = where or "the file"
+    shape = f" {schema['description']}" if "description" in schema else ""
+    if "const" in schema and (type(value) is not type(schema["const"]) or value != schema["const"]):
+        raise ValueError(f"{field} must be {json.dumps(schema['const'])}, got {_short(value)}.")
+    kinds = [schema["type"]] if isinstance(schema.get("type"), str) else schema.get("type", [])
+    if kinds and (isinstance(value, bool) or not isinstance(value, tuple(_TYPES[kind] for kind in kinds))):
+        raise ValueError(f"{field} must be {' or '.join(_KINDS[kind] for kind in kinds)}{shape}, got {_short(value)}.")
+    if "minimum" in schema and not schema["minimum"] <= value <= schema["maximum"]:
+        raise ValueError(f"{field} must be in {schema['minimum']}..{schema['maximum']}, got {_short(value)}.")
+    if isinstance(value, str) and len(value) > schema.get("maxLength", len(value)):
+        raise ValueError(f"{field} is longer than {schema['maxLength']} characters.")
+    if isinstance(value, list):
+        if not schema.get("minItems", 0) <= len(value) <= schema.get("maxItems", len(value)):
+            least, most = schema.get("minItems", 0), schema["maxItems"]
+            count = most if least == most else f"{least} to {most}"
+            raise ValueError(f"{field} must have {count} items{shape}, got {_short(value)}.")
+        for index, item in enumerate(value):
+            check_schema(item, schema.get("items", {}), f"{where}[{index}]")
+    if isinstance(value, dict):
+        missing = [key for key in schema.get("required", ()) if key not in value]
+        if missing:
+            raise ValueError(f"{field} lacks {', '.join(missing)}.")
+        for key, part in schema.get("properties", {}).items():
+            if key in value:
+                check_schema(value[key], part, f"{where}.{key}" if where else key)
+        if "maxDepth" in schema and _depth(value, schema["maxDepth"]) > schema["maxDepth"]:
+            raise ValueError(f"{field} nests deeper than {schema['maxDepth']} levels.")
+
+
+def _depth(value, limit: int) -> int:
+    """How deeply ``value`` nests objects and arrays, counted no further than ``limit + 1``."""
+    if not isinstance(value, (dict, list)) or limit < 0:
+        return 0
+    children = value.values() if isinstance(value, dict) else value
+    return 1 + max((_depth(child, limit - 1) for child in children), default=0)
+
+
+def _short(value) -> str:
+    """``value`` as JSON, cut to 40 characters (its type's name if it does not serialise)."""
+    try:
+        text = json.dumps(value)
+    except (TypeError, ValueError, RecursionError):
+        text = type(value).__name__
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def binary_weights(genotype: dict) -> int:
+    """The binary-conv weights of a schema-checked genotype dict, counted without building it."""
+    return sum(
+        stage["cells"] * OPS[op].kernel_size ** 2 * stage["width"] ** 2 // OPS[op].groups
+        for stage in genotype["stages"] for node in stage["cell"] for op in node["ops"] if op in OPS
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,9 +219,14 @@ class SearchedArchitecture:
             raise ValueError(f"{source} is not a zoo searched architecture (no \"format\": \"{FORMAT}\").")
         if data.get("version") != VERSION:
             raise ValueError(f"{source}: unsupported version {data.get('version')!r} (this zoo reads {VERSION}).")
-        missing = [k for k in ("name", "scheme", "input_shape", "classes", "genotype") if k not in data]
-        if missing:
-            raise ValueError(f"{source} lacks {', '.join(missing)}.")
+        try:
+            check_schema(data)
+        except ValueError as err:
+            raise ValueError(f"{source}: {err}") from None
+        weights = binary_weights(data["genotype"])
+        if weights > MAX_BINARY_WEIGHTS:
+            raise ValueError(f"{source}: genotype has {weights:,} binary-conv weights, more than the "
+                             f"{MAX_BINARY_WEIGHTS:,} a searched architecture may have (stage widths, cells, ops).")
         return cls(
             name=data["name"],
             scheme=data["scheme"],
@@ -119,6 +249,8 @@ class SearchedArchitecture:
             raise ValueError(f"Searched architecture file {path} not found.")
         try:
             data = json.loads(path.read_text())
-        except json.JSONDecodeError as err:
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
             raise ValueError(f"{path} is not valid JSON: {err}") from None
+        except RecursionError:
+            raise ValueError(f"{path} nests too deeply to be a searched architecture.") from None
         return cls.from_dict(data, source=str(path))

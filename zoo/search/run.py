@@ -24,8 +24,9 @@ import shutil
 from pathlib import Path
 
 from zoo.data import dataset_info, load_dataset
-from zoo.search.budget import Budget, check_reachable, readable
+from zoo.search.budget import Budget, BudgetError, check_reachable, readable
 from zoo.search.report import write_report
+from zoo.search import tuning
 from zoo.search.spaces import get_space
 from zoo.search.tuning import TUNERS, BinaryHyperModel, make_tuner, role
 
@@ -74,7 +75,24 @@ def run_search(
       overwrite: delete ``output_dir`` first.
       name: the architecture name of ``best.json`` (default ``<space>_<dataset>_<hash>``).
       verbose: 0 silent, 1 a line per trial, 2 also Keras Tuner's and Keras' progress.
+
+    Raises:
+      ValueError: a bad setting or name, an unreachable budget (:class:`BudgetError`, before
+        any training), a results directory of another search; :class:`BudgetError` after
+        the search when no trial found an architecture within the budget (the report is
+        written all the same). ``zoo.data.DatasetNotFoundError``: data not prepared
+        (before anything is written).
     """
+    counts = {"max_trials": max_trials, "epochs": epochs, "train_images": train_images, "val_images": val_images,
+              "batch_size": batch_size, "patience": patience}
+    for setting, value in counts.items():
+        least = 0 if setting == "patience" else 1
+        if (value is not None or setting != "train_images") and (
+                isinstance(value, bool) or not isinstance(value, int) or value < least):
+            raise ValueError(f"{setting} (--{setting.replace('_', '-')}) must be an integer of at least {least}, "
+                             f"got {value!r}.")
+    if isinstance(learning_rate, bool) or not isinstance(learning_rate, (int, float)) or not learning_rate > 0:
+        raise ValueError(f"learning_rate (--learning-rate) must be a positive number, got {learning_rate!r}.")
     search_space = get_space(space, schemes, ops)
     if tuner not in TUNERS:
         raise ValueError(f"Unknown tuner {tuner!r}; valid tuners: {', '.join(TUNERS)}.")
@@ -93,6 +111,12 @@ def run_search(
         "val_images": val_images, "batch_size": batch_size, "learning_rate": learning_rate, "patience": patience,
         "seed": seed, "max_trials": max_trials,
     }
+    fit_args, fit_kwargs = (), {}
+    if process != "chief":  # the chief only serves the oracle; data that is not prepared stops before any write
+        fit_args = (load_dataset(dataset, f"train[:-{val_images}]", batch_size=batch_size, take=train_images,
+                                 seed=seed, data_dir=data_dir),)
+        fit_kwargs = {"validation_data": load_dataset(dataset, f"train[-{val_images}:]", batch_size=256,
+                                                      training=False, data_dir=data_dir)}
     if process != "worker":
         _open_results_dir(output_dir, settings, overwrite)
     if verbose and process != "worker":
@@ -103,17 +127,18 @@ def run_search(
 
     hypermodel = BinaryHyperModel(search_space, input_shape, classes, budget, learning_rate, patience)
     keras_tuner = make_tuner(tuner, hypermodel, max_trials=max_trials, epochs=epochs, directory=output_dir, seed=seed)
-    fit_args, fit_kwargs = (), {}
-    if process != "chief":  # the chief only serves the oracle
-        fit_args = (load_dataset(dataset, f"train[:-{val_images}]", batch_size=batch_size, take=train_images,
-                                 seed=seed, data_dir=data_dir),)
-        fit_kwargs = {"validation_data": load_dataset(dataset, f"train[-{val_images}:]", batch_size=256,
-                                                      training=False, data_dir=data_dir)}
     keras_tuner.search(*fit_args, epochs=epochs, verbose=2 if verbose >= 2 else 0, **fit_kwargs)
     if process == "worker":
         return None
-    return write_report(output_dir, keras_tuner.oracle.trials.values(), search_space, settings, budget,
-                        input_shape, classes, name=name)
+    summary = write_report(output_dir, keras_tuner.oracle.trials.values(), search_space, settings, budget,
+                           input_shape, classes, name=name)
+    if summary["best_config"] is None:
+        raise BudgetError(
+            f"No trial was trained: none of {len(summary['trials'])} trials found an architecture within the budget "
+            f"({budget.describe()}) in {tuning.MAX_SAMPLES} samples of the space (report in {output_dir}). "
+            "Raise the budget, or narrow the space to cheaper architectures (schemes, ops)."
+        )
+    return summary
 
 
 def _open_results_dir(output_dir: Path, settings: dict, overwrite: bool) -> None:

@@ -1,14 +1,17 @@
 """The Keras Tuner side of the search: the hypermodel of a space and tuners that keep a budget.
 
 The tuners are Keras Tuner's own (``random``, ``bayesian``, ``hyperband``) with one
-change, in :class:`BudgetedTuner`: a trial's model is built, its inference form costed
-(:func:`zoo.search.budget.model_costs`) and, if over the budget, not trained (its trial is
-recorded with its costs, ``over_budget = 1`` and a negative score, see
-:mod:`zoo.search.budget`). A trained trial scores its best validation accuracy; early
-stopping ends it after ``patience`` epochs without a better one. Everything else —
-results directory, resuming (``overwrite=False`` reloads it), the chief / worker mode of
-``KERASTUNER_TUNER_ID`` / ``KERASTUNER_ORACLE_IP`` / ``KERASTUNER_ORACLE_PORT`` — is
-Keras Tuner's. Each process appends one JSON line per trial start and end to
+change, in :class:`BudgetedTuner`: a trial's model is built and its inference form costed
+(:func:`zoo.search.budget.model_costs`) before training. A new candidate over the budget
+is replaced by random points of the space until one fits (at most :data:`MAX_SAMPLES`;
+the trial records the candidate it trained, so the oracle learns from it), so that
+``max_trials`` trials train ``max_trials`` architectures within the budget. Only when no
+sample fits is a trial recorded untrained, with its costs, ``over_budget = 1`` and a
+negative score (see :mod:`zoo.search.budget`). A trained trial scores its best
+validation accuracy; early stopping ends it after ``patience`` epochs without a better
+one. Everything else — results directory, resuming (``overwrite=False`` reloads it), the
+chief / worker mode of ``KERASTUNER_TUNER_ID`` / ``KERASTUNER_ORACLE_IP`` /
+``KERASTUNER_ORACLE_PORT`` — is Keras Tuner's. Each process appends one JSON line per trial start and end to
 ``events.jsonl`` in the results directory (the progress log; ``tuner_id`` says which
 process ran it) and prints a line per finished trial.
 """
@@ -17,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import time
 from pathlib import Path
 
@@ -29,6 +33,8 @@ from keras_tuner.src.distribute import utils as distribute  # noqa: I001  (after
 from zoo.search.network import SearchedNetwork
 
 OBJECTIVE = kt.Objective("score", direction="max")
+#: candidates a trial draws, the oracle's first, before it is recorded over budget untrained
+MAX_SAMPLES = 50
 COST_NAMES = ("binary_macs", "float_macs", "parameters", "latency_ms")
 
 
@@ -73,6 +79,12 @@ class BinaryHyperModel(kt.HyperModel):
     def costs(self, model: keras.Model) -> dict:
         return model_costs(model, latency="latency_ms" in self.budget.metrics)
 
+    def space_parameters(self) -> list:
+        """The space's hyperparameters (Keras Tuner's objects: each can draw a random value)."""
+        hp = kt.HyperParameters()
+        self.space.candidate(hp)
+        return list(hp.space)
+
 
 class BudgetedTuner:
     """Mixin for Keras Tuner's tuners: the budget check before training, seeds, progress."""
@@ -85,9 +97,7 @@ class BudgetedTuner:
 
     def _build_and_fit_model(self, trial, *args, **kwargs):
         hp = trial.hyperparameters
-        model = self._try_build(hp)
-        costs = {name: float(value) for name, value in self.hypermodel.costs(model).items()}
-        excess = self.hypermodel.budget.excess(costs)
+        model, costs, excess = self._candidate_within_budget(trial)
         if excess > 0:
             # Hyperband may promote it all the same: give it weights to continue from.
             model.save_weights(self._get_checkpoint_fname(trial.trial_id))
@@ -107,13 +117,28 @@ class BudgetedTuner:
         self._results[trial.trial_id] = result
         return result
 
+    def _candidate_within_budget(self, trial):
+        """(model, costs, excess over the budget) of the trial's candidate, its values replaced
+        by random points of the space (seeded by the trial) while over budget, up to
+        :data:`MAX_SAMPLES` candidates. A Hyperband trial continuing another keeps its values."""
+        hp = trial.hyperparameters
+        rng = random.Random(self._trial_seed(trial))
+        for sample in range(1, MAX_SAMPLES + 1):
+            model = self._try_build(hp)
+            costs = {name: float(value) for name, value in self.hypermodel.costs(model).items()}
+            excess = self.hypermodel.budget.excess(costs)
+            if excess <= 0 or sample == MAX_SAMPLES or "tuner/trial_id" in hp.values:
+                return model, costs, excess
+            for parameter in self.hypermodel.space_parameters():
+                hp.values[parameter.name] = parameter.random_sample(rng.randrange(2**31))
+
     def on_search_begin(self):
         super().on_search_begin()
         self.save()  # marks the results directory as a project, so even a first trial killed resumes
 
     def on_trial_begin(self, trial):
         super().on_trial_begin(trial)
-        keras.utils.set_random_seed(self.seed * 100_003 + int(trial.trial_id))
+        keras.utils.set_random_seed(self._trial_seed(trial))
         self._event("start", trial)
 
     def on_trial_end(self, trial):
@@ -121,6 +146,9 @@ class BudgetedTuner:
         result = self._results.pop(trial.trial_id, {})
         self._event("end", trial, result)
         print(self._progress_line(trial, result), flush=True)
+
+    def _trial_seed(self, trial) -> int:
+        return self.seed * 100_003 + int(trial.trial_id)
 
     def _event(self, event: str, trial, result=None):
         record = {"event": event, "trial_id": trial.trial_id, "tuner_id": self.tuner_id, "pid": os.getpid(),
