@@ -2,17 +2,38 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
 import tempfile
 from pathlib import Path
+from typing import Callable
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def machine() -> dict:
     return {"machine": platform.machine(), "cpus": os.cpu_count(), "python": platform.python_version()}
+
+
+def parse_arguments(parser: argparse.ArgumentParser, argv,
+                    default_name: Callable[[argparse.Namespace], str] | None = None) -> argparse.Namespace:
+    """Parses a benchmark's arguments with ``--overwrite`` added; ``args.name`` is its
+    ``--name`` or ``default_name(args)``. Results already in ``results/`` (tracked ones among
+    them) are refused before the benchmark runs unless ``--overwrite`` is given: a run with
+    reduced settings must not replace them by surprise."""
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace results/NAME.* if they exist (tracked results: rerun them with the command "
+                             "they record)")
+    args = parser.parse_args(argv)
+    if args.name is None:
+        args.name = default_name(args)
+    existing = [path for path in (RESULTS / f"{args.name}.json", RESULTS / f"{args.name}.md") if path.exists()]
+    if existing and not args.overwrite:
+        parser.exit(2, f"{parser.prog}: error: {existing[0]} exists; pass --overwrite to replace it, or --name to "
+                       "write the results under another name.\n")
+    return args
 
 
 def write_results(name: str, payload: dict, table: str) -> Path:

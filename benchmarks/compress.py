@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import zoo  # noqa: E402,I001  (first: selects Keras 2)
 import numpy as np  # noqa: E402
-from common import markdown_table, write_results  # noqa: E402
+from common import markdown_table, parse_arguments, write_results  # noqa: E402
 from zoo import compress  # noqa: E402
 from zoo.compress import fine_tune, run_pipeline  # noqa: E402
 
@@ -105,7 +105,7 @@ def main(argv=None):
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--name", default="compress")
     parser.add_argument("--quiet", action="store_true")
-    args = parser.parse_args(argv)
+    args = parse_arguments(parser, argv)
 
     runs = {}
     options = {"prune": dict(prune_ratio=args.ratio, structure="channel", fade=args.fade),

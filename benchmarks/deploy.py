@@ -28,7 +28,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import zoo  # noqa: E402,I001  (first: selects Keras 2)
-from common import RESULTS, markdown_table, write_results  # noqa: E402
+from common import RESULTS, markdown_table, parse_arguments, write_results  # noqa: E402
 from zoo import registry  # noqa: E402
 from zoo.weights import zoo_home  # noqa: E402
 
@@ -224,7 +224,7 @@ def main(argv=None):
     parser.add_argument("--data-dir", default=None, help="TFDS data dir (Fashion-MNIST is built there if needed)")
     parser.add_argument("--output", default=None, help="where the .tflite files go (default: a temporary dir)")
     parser.add_argument("--name", default="deploy", help="results file name")
-    args = parser.parse_args(argv)
+    args = parse_arguments(parser, argv)
     threads_list = [int(t) for t in args.threads.split(",")]
     out_dir = Path(args.output or tempfile.mkdtemp(prefix="zoo-deploy-"))
     out_dir.mkdir(parents=True, exist_ok=True)

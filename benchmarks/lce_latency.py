@@ -18,7 +18,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import zoo  # noqa: E402,I001  (first: selects Keras 2)
-from common import markdown_table, model_argument, write_results  # noqa: E402
+from common import markdown_table, model_argument, parse_arguments, write_results  # noqa: E402
 from zoo.deploy import benchmark  # noqa: E402
 
 
@@ -30,7 +30,7 @@ def main(argv=None):
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--name", default=None, help="results file name")
-    args = parser.parse_args(argv)
+    args = parse_arguments(parser, argv, lambda a: "lce_latency_" + "_vs_".join(a.models))
     shape = tuple(int(v) for v in args.input_shape.split(","))
     models = []
     for text in args.models:
@@ -48,7 +48,7 @@ def main(argv=None):
     table += (f"\n\nLCE x86 interpreter, `use_indirect_bgemm=True`, {args.threads} thread(s), batch 1, "
               f"{'x'.join(map(str, shape))} input, median of {args.repeats} interleaved runs after "
               f"{args.warmup} warm-up runs (load average before/after: {report.load_average}).\n\n`{command}`")
-    write_results(args.name or "lce_latency_" + "_vs_".join(args.models), {
+    write_results(args.name, {
         "command": command, **report.as_dict(), "models": list(args.models),
     }, table)
 

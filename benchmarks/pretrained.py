@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import zoo  # noqa: E402,I001  (first: selects Keras 2)
-from common import markdown_table, write_results  # noqa: E402
+from common import markdown_table, parse_arguments, write_results  # noqa: E402
 from zoo import registry  # noqa: E402
 
 
@@ -44,7 +44,7 @@ def main(argv=None):
     parser.add_argument("models", nargs="*", help="default: every model with pretrained weights")
     parser.add_argument("--repeats", type=int, default=100)
     parser.add_argument("--name", default="pretrained", help="results file name")
-    args = parser.parse_args(argv)
+    args = parse_arguments(parser, argv)
     names = args.models or zoo.list_models(pretrained=True)
     with tempfile.TemporaryDirectory() as directory:
         rows = [measure(entry, Path(directory), args.repeats)

@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import zoo  # noqa: E402,I001  (first: selects Keras 2)
 import numpy as np  # noqa: E402
 import tf_keras as keras  # noqa: E402
-from common import markdown_table, write_results  # noqa: E402
+from common import markdown_table, parse_arguments, write_results  # noqa: E402
 from training.rbcn import RBCNRecipe  # noqa: E402
 from training.teacher import prepare_teacher  # noqa: E402
 from zoo import registry  # noqa: E402
@@ -42,7 +42,7 @@ def main(argv=None):
     parser.add_argument("--recalibration-steps", type=int, default=50)
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--name", default="rbcn_variants")
-    args = parser.parse_args(argv)
+    args = parse_arguments(parser, argv)
 
     train_data = zoo.load_dataset("fashion_mnist", "train", batch_size=args.batch_size, take=args.train_images,
                                   data_dir=args.data_dir, seed=0)

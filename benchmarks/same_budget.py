@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import zoo  # noqa: E402,I001  (first: selects Keras 2)
-from common import markdown_table, model_argument, write_results  # noqa: E402
+from common import markdown_table, model_argument, parse_arguments, write_results  # noqa: E402
 from training.loop import train  # noqa: E402
 
 
@@ -42,7 +42,7 @@ def main(argv=None):
                              "(a row of the table), or a weights file of it")
     parser.add_argument("--name", default=None, help="results file name")
     parser.add_argument("--quiet", action="store_true")
-    args = parser.parse_args(argv)
+    args = parse_arguments(parser, argv, lambda a: "same_budget_" + "_vs_".join(a.models))
     budget = dict(epochs=args.epochs, batch_size=args.batch_size, data_dir=args.data_dir,
                   train_images=args.train_images, test_images=args.test_images, verbose=0 if args.quiet else 2)
 
@@ -70,8 +70,7 @@ def main(argv=None):
               f"{args.epochs} epochs x {args.train_images} "
               f"training images, batch {args.batch_size}, the {args.recipe} recipe for all "
               f"({reports[args.models[0]]['recipe']}).{teacher_note}\n\n`{command}`")
-    name = args.name or "same_budget_" + "_vs_".join(args.models)
-    write_results(name, {"command": command, "reports": reports}, table)
+    write_results(args.name, {"command": command, "reports": reports}, table)
 
 
 if __name__ == "__main__":

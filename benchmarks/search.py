@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import zoo  # noqa: E402,I001  (first: selects Keras 2)
 import tf_keras as keras  # noqa: E402
-from common import RESULTS, markdown_table, write_results  # noqa: E402
+from common import RESULTS, markdown_table, parse_arguments, write_results  # noqa: E402
 from training.loop import train  # noqa: E402
 from training.recipe import Recipe, recipe_for  # noqa: E402
 from zoo.search import run_search  # noqa: E402
@@ -75,7 +75,7 @@ def main(argv=None):
     parser.add_argument("--output", default="runs/search_benchmark", help="the search's results directory")
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--name", default=None, help="results file name")
-    args = parser.parse_args(argv)
+    args = parse_arguments(parser, argv, lambda a: f"search_{a.space}_vs_{a.baseline}")
     start = time.perf_counter()
 
     baseline_costs = costs_of(args.baseline)
@@ -121,7 +121,7 @@ def main(argv=None):
     verdict["goal_met"] = verdict["beats_at_no_more_binary_macs"] or verdict["matches_with_25pct_fewer_binary_macs"]
     total_seconds = time.perf_counter() - start
 
-    name = args.name or f"search_{args.space}_vs_{args.baseline}"
+    name = args.name
     config_copy = RESULTS / f"{name}_best.json"
     RESULTS.mkdir(exist_ok=True)
     shutil.copyfile(searched, config_copy)

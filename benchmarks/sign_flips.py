@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import zoo  # noqa: E402,I001  (first: selects Keras 2)
 import numpy as np  # noqa: E402
 import tf_keras as keras  # noqa: E402
-from common import markdown_table, write_results  # noqa: E402
+from common import markdown_table, parse_arguments, write_results  # noqa: E402
 from training.recipe import recipe_for  # noqa: E402
 from zoo.export import binary_exports  # noqa: E402
 
@@ -55,7 +55,7 @@ def main(argv=None):
     parser.add_argument("--every", type=int, default=40, help="probe every N steps")
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--name", default=None, help="results file name")
-    args = parser.parse_args(argv)
+    args = parse_arguments(parser, argv, lambda a: "sign_flips_" + "_vs_".join(a.models))
 
     probes = {}
     for name in args.models:
@@ -77,7 +77,7 @@ def main(argv=None):
     table = markdown_table(rows, ["step", *[f"{m}: flipped since start / since last probe" for m in args.models]])
     table += (f"\n\nShare of binary weights whose sign differs; real Fashion-MNIST, one epoch of "
               f"{args.train_images} images, batch {args.batch_size}, the {args.recipe} recipe.\n\n`{command}`")
-    write_results(args.name or "sign_flips_" + "_vs_".join(args.models), {"command": command, "probes": probes}, table)
+    write_results(args.name, {"command": command, "probes": probes}, table)
 
 
 if __name__ == "__main__":

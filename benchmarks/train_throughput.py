@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import zoo  # noqa: E402,I001  (first: selects Keras 2)
 import numpy as np  # noqa: E402
-from common import markdown_table, model_argument, write_results  # noqa: E402
+from common import markdown_table, model_argument, parse_arguments, write_results  # noqa: E402
 from training.recipe import recipe_for  # noqa: E402
 from training.teacher import teacher_name  # noqa: E402
 
@@ -64,7 +64,7 @@ def main(argv=None):
                         help="time the models in turn this many times and keep each one's best rate "
                              "(other load on a shared machine only ever slows a run down)")
     parser.add_argument("--name", default=None, help="results file name")
-    args = parser.parse_args(argv)
+    args = parse_arguments(parser, argv, lambda a: "train_throughput_" + "_vs_".join(a.models))
     shape = tuple(int(v) for v in args.input_shape.split(","))
     steps = {m: training_step(m, shape, args.batch_size, args.warmup) for m in args.models}
     measured = {m: [] for m in args.models}
@@ -76,7 +76,7 @@ def main(argv=None):
     rows = [[m, f"{r:.1f}", f"{base / r:.2f}x"] for m, r in rates.items()]
     table = markdown_table(rows, ["model", "train images/s", f"step time vs {args.models[0]}"])
     command = "python benchmarks/train_throughput.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    write_results(args.name or "train_throughput_" + "_vs_".join(args.models), {
+    write_results(args.name, {
         "command": command, "batch_size": args.batch_size, "input_shape": shape,
         "steps": args.steps, "repeats": args.repeats, "images_per_second": rates, "every_repeat": measured,
     }, table + f"\n\n`{command}`")

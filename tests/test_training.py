@@ -30,7 +30,7 @@ SHAPE = (28, 28, 1)
 
 
 def test_a_finished_run_leaves_checkpoint_logs_weights_manifest_entry_and_tflite(fashion_mnist_data_dir, tmp_path,
-                                                                                   monkeypatch):
+                                                                                   monkeypatch, capsys):
     """One two-epoch `zoo train` run (RBNN: its callbacks and state too), all its artifacts."""
     assert zoo_main(["train", *RUN, "--data-dir", fashion_mnist_data_dir, "--output", str(tmp_path), "--quiet"]) == 0
     report = json.loads((tmp_path / "report.json").read_text())
@@ -78,11 +78,22 @@ def test_a_finished_run_leaves_checkpoint_logs_weights_manifest_entry_and_tflite
     assert np.mean(lce.argmax(1) == keras_inference.argmax(1)) == tflite["parity"]["top1_agreement"] >= 0.95
     assert tflite["keras_parity"]["share_within_1e-4"] >= 0.99
 
-    # publishing: the file goes next to the manifest, the entry gets its reload check,
-    # publishing again replaces the entry, a changed weights file is refused and not copied
+    # publishing: the file goes next to the manifest, the entry gets its reload check;
+    # publishing again is refused before anything is copied unless asked to replace the
+    # entry; a changed weights file is refused and not copied
     manifest = tmp_path / "pretrained" / "manifest.json"
-    for _ in range(2):
-        published = publish.publish(tmp_path, manifest, check_images=64, data_dir=fashion_mnist_data_dir)
+    published = publish.publish(tmp_path, manifest, check_images=64, data_dir=fashion_mnist_data_dir)
+    shipped = manifest.read_bytes()
+    (manifest.parent / entry["file"]).write_bytes(b"the shipped file")
+    capsys.readouterr()
+    assert publish.main([str(tmp_path), "--manifest", str(manifest), "--check-images", "64",
+                         "--data-dir", fashion_mnist_data_dir]) == 2
+    assert capsys.readouterr().err == (
+        f"training.publish: error: {manifest} already has rbnn_resnet20/fashion_mnist (top1 {entry['metrics']['top1']} "
+        f"%); this run's is {entry['metrics']['top1']} %. Pass --replace (replace=True) to replace it.\n")
+    assert manifest.read_bytes() == shipped and (manifest.parent / entry["file"]).read_bytes() == b"the shipped file"
+    assert publish.main([str(tmp_path), "--manifest", str(manifest), "--check-images", "64",
+                         "--data-dir", fashion_mnist_data_dir, "--replace"]) == 0
     assert published["metrics"]["top1_first_64"] == entry["metrics"]["top1"]
     assert [row["name"] for row in json.loads(manifest.read_text())["entries"]] == ["rbnn_resnet20"]
     assert sha256(manifest.parent / entry["file"]) == entry["sha256"]
@@ -90,7 +101,7 @@ def test_a_finished_run_leaves_checkpoint_logs_weights_manifest_entry_and_tflite
         handle.write(b"\0")
     (manifest.parent / entry["file"]).unlink()
     with pytest.raises(ValueError, match="sha256"):
-        publish.publish(tmp_path, manifest, check_images=64, data_dir=fashion_mnist_data_dir)
+        publish.publish(tmp_path, manifest, check_images=64, data_dir=fashion_mnist_data_dir, replace=True)
     assert sorted(p.name for p in manifest.parent.iterdir()) == ["manifest.json"]
 
 
@@ -131,7 +142,7 @@ def test_a_storage_is_lossless_within_a_tenth_of_a_point_and_one_percent_of_pred
 def test_resume_with_a_checkpoint_of_another_run_is_refused(tmp_path, capsys):
     settings = {"model": "rbnn_resnet20", "dataset": "fashion_mnist", "method": "rbnn", "epochs": 2, "batch_size": 32,
                 "train_images": None, "teacher": None, "seed": 0}
-    checkpoint.write_checkpoint(keras.Sequential(), {"run": settings, "epochs_done": 1, "history": []},
+    checkpoint.write_checkpoint(keras.Sequential(), {"run": settings, "epochs_done": 1, "history": [{"epoch": 1}]},
                                 tmp_path / "checkpoints")
     base = ["--dataset", "fashion_mnist", "--output", str(tmp_path), "--quiet"]
     assert zoo_main(["train", "bnn_resnet20", *base, "--resume"]) == 2

@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 import tf_keras as keras
+from zoo import registry
 
 CHECKPOINTS = "checkpoints"
 STATE_FILE = "state.json"
@@ -67,7 +68,79 @@ def latest_checkpoint(output: os.PathLike | str) -> Path | None:
 
 
 def read_state(checkpoint: Path) -> dict:
-    return json.loads((checkpoint / STATE_FILE).read_text())
+    """The state of a checkpoint to resume from, checked before anything is built: a
+    ``state.json`` with possible settings and at most the run's epochs, next to checkpoint
+    files that read whole (every tensor: a truncated, damaged or missing file is found
+    here, not when the optimizer restores its slots after the first step)."""
+    try:
+        state = _read_json(checkpoint / STATE_FILE)
+        _check_state(state)
+    except (OSError, ValueError) as err:
+        raise ResumeError(f"Cannot resume from {checkpoint}: {STATE_FILE}: {err}") from None
+    try:
+        reader = tf.train.load_checkpoint(str(checkpoint / _PREFIX))
+        for key in reader.get_variable_to_shape_map():
+            reader.get_tensor(key)
+    except (tf.errors.OpError, IndexError) as err:  # IndexError: TensorFlow's "read less bytes than requested"
+        raise ResumeError(
+            f"Cannot resume from {checkpoint}: its checkpoint files are damaged or incomplete "
+            f"({str(err).splitlines()[0]}). Start a new run (another --output)."
+        ) from None
+    return state
+
+
+def _read_json(path: Path):
+    try:
+        return json.loads(path.read_text())
+    except RecursionError:
+        raise ValueError("nested too deeply to be JSON this zoo wrote.") from None
+
+
+def _check_state(state) -> None:
+    if not (isinstance(state, dict) and isinstance(state.get("run"), dict) and isinstance(state.get("history"), list)):
+        raise ValueError("not a zoo training state (needs \"run\", \"epochs_done\" and \"history\").")
+    run, done = state["run"], state.get("epochs_done")
+    missing = [key for key in ("model", "dataset", "method", "epochs", "batch_size") if run.get(key) is None]
+    if missing:
+        raise ValueError(f"the run's settings lack {', '.join(missing)}.")
+    check_settings(run)
+    if isinstance(done, bool) or not isinstance(done, int) or done < 1:
+        raise ValueError(f"epochs_done must be a positive integer, got {done!r}.")
+    if done > run["epochs"]:
+        raise ValueError(f"epochs_done is {done}, more than the run's {run['epochs']} epochs.")
+    if len(state["history"]) != done:
+        raise ValueError(f"the history has {len(state['history'])} rows for {done} finished epochs.")
+
+
+def check_settings(settings: dict, name=str) -> None:
+    """Refuses run settings no run can have (None: not given, the recipe's default), naming
+    each as ``name(key)`` (a flag, or a field of ``state.json``): epochs, batch size and
+    image counts that are not positive integers, a negative seed, a learning rate that is
+    not positive or a negative weight decay, a method that is not a registered scheme,
+    fewer training images than one batch. Raises ValueError."""
+    for key in ("epochs", "batch_size", "train_images", "test_images", "val_images", "seed"):
+        value, least = settings.get(key), 0 if key == "seed" else 1
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < least):
+            kind = "a non-negative" if least == 0 else "a positive"
+            raise ValueError(f"{name(key)} must be {kind} integer, got {value!r}.")
+    for key in ("learning_rate", "weight_decay"):
+        value, positive = settings.get(key), key == "learning_rate"
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                  or not math.isfinite(value) or value < 0 or (positive and value == 0)):
+            raise ValueError(f"{name(key)} must be a {'positive' if positive else 'non-negative'} number, "
+                             f"got {value!r}.")
+    for key in ("model", "dataset", "method", "teacher", "optimizer"):
+        if settings.get(key) is not None and not isinstance(settings[key], str):
+            raise ValueError(f"{name(key)} must be a name, got {settings[key]!r}.")
+    if settings.get("method") is not None:
+        try:
+            registry.get_scheme(settings["method"])
+        except ValueError as err:
+            raise ValueError(f"{name('method')}: {err}") from None
+    images, batch = settings.get("train_images"), settings.get("batch_size")
+    if images is not None and batch is not None and images < batch:
+        raise ValueError(f"{name('train_images')} {images} is fewer than one batch ({name('batch_size')} {batch}): "
+                         "no training step would run. Use more images or a smaller batch.")
 
 
 def checkpoint_of(trainable: keras.Model) -> tf.train.Checkpoint:
@@ -102,7 +175,10 @@ def restore_checkpoint(trainable: keras.Model, checkpoint: Path) -> dict:
         status.assert_existing_objects_matched()
     except AssertionError as err:
         raise ResumeError(f"Checkpoint {checkpoint} does not fit the model being trained: {err}") from err
-    return read_state(checkpoint)
+    # The slots wait for the optimizer's first step; a finished run takes none, and without
+    # this TensorFlow warns about every slot left unrestored when the status is collected.
+    status.expect_partial()
+    return _read_json(checkpoint / STATE_FILE)
 
 
 def check_resumable(stored: dict, requested: dict, checkpoint: Path) -> dict:

@@ -6,13 +6,32 @@ import sys
 from pathlib import Path
 
 from zoo import registry
-from zoo.data import DatasetNotFoundError
 
-from training.checkpoint import ResumeError
+from training.checkpoint import check_settings
 from training.loop import TrainingDiverged, train
+from training.recipe import recipe_for
 
 #: exit status when training diverged (2 is argparse's and the zoo's for bad input)
 DIVERGED = 3
+
+
+def _flag(setting: str) -> str:
+    return "--recipe" if setting == "method" else "--" + setting.replace("_", "-")
+
+
+def check_flags(args) -> None:
+    """Refuses flags the run cannot honour before anything is built or written (ValueError
+    naming the flag): no silent substitute for a bad value, no empty run directory."""
+    given = {"epochs": args.epochs, "batch_size": args.batch_size, "train_images": args.train_images,
+             "test_images": args.test_images, "seed": args.seed, "method": args.recipe}
+    check_settings(given, _flag)
+    if args.train_images is not None and args.batch_size is None and not args.resume:  # the recipe's batch
+        batch_size = recipe_for(args.model, args.epochs, method=args.recipe).batch_size
+        check_settings({**given, "batch_size": batch_size}, _flag)
+    teacher = args.teacher
+    if (teacher is not None and not args.resume and teacher not in registry.list_models() and "://" not in teacher
+            and ("/" in teacher or Path(teacher).suffix) and not Path(teacher).is_file()):
+        raise ValueError(f"--teacher {teacher}: no such file (a teacher is a registered model name or a weights file).")
 
 
 def run(args) -> int:
@@ -21,6 +40,7 @@ def run(args) -> int:
 
         tfds.disable_progress_bar()
     name = registry.get_model_spec(args.model).name  # a searched architecture's name, not its file's path
+    check_flags(args)
     output = args.output or str(Path("runs") / f"{name}-{args.dataset}")
     try:
         train(args.model, args.dataset, epochs=args.epochs, batch_size=args.batch_size, method=args.recipe,
@@ -28,9 +48,6 @@ def run(args) -> int:
               teacher=args.teacher, train_images=args.train_images, test_images=args.test_images, seed=args.seed,
               export=not args.no_export,
               verbose=0 if args.quiet else 1 if sys.stdout.isatty() else 2)  # a log file: a line per epoch
-    except (DatasetNotFoundError, ResumeError) as err:
-        print(f"zoo train: error: {err}", file=sys.stderr)
-        return 2
     except TrainingDiverged as err:
         print(f"zoo train: {err}", file=sys.stderr)
         return DIVERGED

@@ -21,6 +21,7 @@ import os
 import re
 import tempfile
 import time
+import warnings
 from pathlib import Path
 from typing import Callable
 
@@ -28,7 +29,7 @@ import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
-from zoo.export import Operator, binary_exports, lce_flatbuffer, operators, to_inference
+from zoo.export import Operator, _quiet, binary_exports, lce_flatbuffer, operators, to_inference
 from zoo.loading import load
 from zoo.profile import costs
 from zoo.schemes.base import is_one_bit
@@ -36,6 +37,8 @@ from zoo.schemes.base import is_one_bit
 #: LCE's custom operators: its runtime runs them, stock TFLite does not
 LCE_OPS = frozenset({"LceBconv2d", "LceQuantize", "LceDequantize", "LceBMaxPool2d"})
 TARGETS = ("arm", "xcore")
+#: bytes 4-8 of every TFLite flatbuffer
+TFLITE_IDENTIFIER = b"TFL3"
 #: where verification images and int8 calibration images come from by default: it is
 #: available offline (Debian's files), and any input shape is served by resizing
 DEFAULT_DATASET = "fashion_mnist"
@@ -487,7 +490,8 @@ def _insert_after(model: keras.Model, new_layers: dict, unfused: set = frozenset
             layers.append({**keras.layers.serialize(new), "name": new.name, "inbound_nodes": inbound})
     config["layers"] = layers
     config["output_layers"] = [[replaced.get(name, name), *rest] for name, *rest in config["output_layers"]]
-    rebuilt = keras.Model.from_config(config)
+    with _quiet("larq"):  # its starved-weights warning is about training; these ±1 kernels are for inference
+        rebuilt = keras.Model.from_config(config)
     for layer in model.layers:
         if layer.weights:
             rebuilt.get_layer(layer.name).set_weights(layer.get_weights())
@@ -620,10 +624,13 @@ def benchmark(
       use_xnnpack: TFLite's XNNPACK delegate for the float ops.
     """
     say = progress or (lambda _: None)
+    for setting, value, least in (("threads", threads, 1), ("warmup", warmup, 0), ("repeats", repeats, 1)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < least:
+            raise ValueError(f"{setting} (--{setting}) must be an integer of at least {least}, got {value!r}.")
     targets = [name_or_tflite, *(vs if isinstance(vs, (list, tuple)) else [] if vs is None else [vs])]
     subjects = [_benchmark_subject(t, input_shape, weights, load_kwargs, say) for t in targets]
     options = dict(threads=threads, use_indirect_bgemm=use_indirect_bgemm, use_xnnpack=use_xnnpack)
-    interpreters = [lce_interpreter(flatbuffer, **options) for _, flatbuffer, _ in subjects]
+    interpreters = [_interpreter_for(label, flatbuffer, options) for label, flatbuffer, _ in subjects]
     shapes = {tuple(interpreter.input_shapes[0]) for interpreter in interpreters}
     if len(shapes) != 1:
         raise ValueError(f"The models take different inputs {sorted(shapes)}: compare models of one input shape.")
@@ -672,6 +679,23 @@ def _benchmark_subject(target, input_shape, weights, load_kwargs, say) -> tuple[
     )
     model_costs = {k: getattr(report, k) for k in ("parameters", "binary_macs", "float_macs")}
     return report.model, flatbuffer, model_costs
+
+
+def _interpreter_for(label: str, flatbuffer: bytes, options: dict):
+    """LCE's interpreter for a file to time; a file that is not a TFLite flatbuffer, or one
+    the interpreter cannot load, is refused in one line (ValueError)."""
+    if flatbuffer[4:8] != TFLITE_IDENTIFIER:
+        raise ValueError(f"{label} is not a .tflite file (no {TFLITE_IDENTIFIER.decode()} flatbuffer identifier).")
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", r"\s*Warning: tf\.lite\.Interpreter is deprecated", UserWarning)
+        try:  # TensorFlow's interpreter verifies the flatbuffer; LCE's would crash on a truncated one
+            tf.lite.Interpreter(model_content=flatbuffer)
+        except ValueError as err:
+            raise ValueError(f"{label} is not a valid .tflite file: {err}.") from None
+    try:
+        return lce_interpreter(flatbuffer, **options)
+    except RuntimeError as err:  # the interpreter's own check of the flatbuffer
+        raise ValueError(f"{label}: LCE's interpreter cannot load it: {str(err).strip().splitlines()[0]}") from None
 
 
 def _interleaved_times(interpreters, images: np.ndarray, warmup: int, repeats: int) -> list[list[float]]:
