@@ -130,3 +130,91 @@ def test_keras_applications_style_functions():
     assert "xnor_resnet20" in dir(models)
     with pytest.raises(AttributeError, match="xnor_resnet20"):
         models.xnor_resnet02
+
+
+def test_a_manifest_that_cannot_be_found_is_an_error_not_random_weights(tmp_path, monkeypatch):
+    monkeypatch.setenv("ZOO_MANIFEST", str(tmp_path / "missing.json"))
+    with pytest.raises(registry.ManifestError, match=r"\$ZOO_MANIFEST names .*missing.json, which is not a file"):
+        zoo.load("bnn_resnet20")
+    monkeypatch.delenv("ZOO_MANIFEST")
+    monkeypatch.setattr(registry, "DEFAULT_MANIFEST", tmp_path / "pretrained" / "manifest.json")
+    with pytest.raises(registry.ManifestError, match="is missing: this zoo installation is incomplete"):
+        zoo.load("rbnn_resnet18")
+    assert zoo.load("rbnn_resnet18", weights=None, input_shape=(32, 32, 3)).name == "rbnn_resnet18"
+
+
+def test_a_pretrained_entry_whose_file_is_missing_raises(tmp_path, monkeypatch):
+    from zoo import weights as weights_io
+
+    weights = tmp_path / "w.h5"
+    weights.write_bytes(b"gone before loading")
+    write_manifest(tmp_path / "manifest.json", [manifest_entry("bnn_resnet20", weights)])
+    weights.unlink()
+    monkeypatch.setenv("ZOO_MANIFEST", str(tmp_path / "manifest.json"))
+    with pytest.raises(weights_io.WeightsError, match="does not exist"):
+        zoo.load("bnn_resnet20")
+
+
+@pytest.mark.parametrize("sha256", [None, "", "abc", "A" * 64])
+def test_a_manifest_entry_without_a_valid_sha256_is_refused(tmp_path, monkeypatch, sha256):
+    weights = tmp_path / "w.h5"
+    weights.write_bytes(b"only the manifest is read here")
+    write_manifest(tmp_path / "manifest.json", [manifest_entry("bnn_resnet20", weights, sha256=sha256)])
+    monkeypatch.setenv("ZOO_MANIFEST", str(tmp_path / "manifest.json"))
+    with pytest.raises(registry.ManifestError, match="bnn_resnet20/fashion_mnist has no valid sha256"):
+        zoo.load("bnn_resnet20")
+
+
+def test_shipped_manifest_is_inside_the_package():
+    assert registry.DEFAULT_MANIFEST.parent == registry.Path(zoo.__file__).resolve().parent / "pretrained"
+    assert registry.DEFAULT_MANIFEST.is_file() and registry.manifest_entries()
+
+
+def test_load_says_which_weights_it_loaded_in_one_line(caplog):
+    with caplog.at_level("INFO", logger="zoo"):
+        zoo.load("bnn_resnet20")
+        zoo.load("bnn_resnet20", include_top=False)
+        zoo.load("bnn_resnet20", classes=3)
+        zoo.load("bnn_resnet18", input_shape=(32, 32, 3))
+        zoo.load("bnn_resnet20", weights=None)
+    top1 = next(e for e in registry.manifest_entries() if e.name == "bnn_resnet20").metrics["top1"]
+    loaded = (
+        "bnn_resnet20: pretrained weights 'fashion_mnist' (trained on fashion_mnist, input_shape=(28, 28, 1), "
+        f"10 classes, measured top-1 {top1} %, sha256 verified)"
+    )
+    assert [(r.name, r.levelname, r.getMessage()) for r in caplog.records] == [
+        ("zoo", "INFO", loaded),
+        ("zoo", "INFO", loaded + "; feature extractor (include_top=False)"),
+        ("zoo", "INFO", loaded + "; new randomly initialised 3-class head"),
+        ("zoo", "WARNING", "no pretrained weights for bnn_resnet18 yet; using random initialisation."),
+    ]
+
+
+def test_a_shape_the_weights_do_not_fit_names_the_one_they_need():
+    from zoo.loading import WeightsMismatchError
+
+    with pytest.raises(WeightsMismatchError, match=r"need input_shape=\(28, 28, 1\), got \(32, 32, 3\).*weights=None"):
+        zoo.load("bnn_resnet20", input_shape=(32, 32, 3))
+    with pytest.raises(WeightsMismatchError, match=r"need input_shape=\(28, 28, 1\), got \(32, 32, 1\)"):
+        zoo.load("bnn_resnet20", input_shape=(32, 32, 1))
+    with pytest.raises(WeightsMismatchError, match=r"need 1-channel input, got input_shape=\(32, 32, 3\)"):
+        zoo.load("bnn_resnet20", input_shape=(32, 32, 3), include_top=False)
+    assert zoo.load("bnn_resnet20", input_shape=(32, 32, 1), include_top=False).input_shape == (None, 32, 32, 1)
+    assert zoo.load("bnn_resnet20", input_shape=(36, 36, 1), classes=4).output_shape == (None, 4)
+
+
+def test_info_puts_the_papers_numbers_beside_the_shipped_weights_with_their_datasets(capsys):
+    accuracy = zoo.info("rbnn_resnet18")["accuracy"]
+    paper = [a for a in accuracy if a["source"] == "paper"]
+    shipped = [a for a in accuracy if a["source"] == "shipped weights 'fashion_mnist'"]
+    assert paper and all(a["dataset"] != "fashion_mnist" for a in paper)
+    assert shipped == [{
+        "source": "shipped weights 'fashion_mnist'", "dataset": "fashion_mnist", "input_shape": [28, 28, 1],
+        "classes": 10, "top1": zoo.pretrained_entries("rbnn_resnet18")[0].metrics["top1"],
+        "note": "measured on 10000 test images",
+    }]
+    assert cli.main(["info", "rbnn_resnet18"]) == 0
+    out = capsys.readouterr().out
+    assert "compare only within a dataset" in out
+    assert any(line.split()[:5] == ["shipped", "weights", "'fashion_mnist'", "fashion_mnist", "(28,"]
+               for line in out.splitlines())

@@ -75,20 +75,23 @@ def cmd_info(args) -> int:
         ["float MACs", _readable(details["float_macs"])],
     ]
     print(format_table(rows, ["field", "value"]))
-    if details["reported"]:
-        print("\nReported results:")
+    if details["accuracy"]:
+        print("\nTop-1 accuracy (%), the paper's and the shipped weights': compare only within a dataset")
         print(format_table(
-            [[r["dataset"], r["top1"], r["top5"] or "-", r["note"] or "-", r["source"]] for r in details["reported"]],
-            ["dataset", "top-1", "top-5", "setting", "source"],
+            [[a["source"], a["dataset"], tuple(a["input_shape"]) if a["input_shape"] else "-",
+              a["classes"] or "-", a["top1"] if a["top1"] is not None else "-", a["note"] or "-"]
+             for a in details["accuracy"]],
+            ["source", "dataset", "input shape", "classes", "top-1", "note"],
         ))
-    print("\nPretrained weights:")
     if details["pretrained"]:
+        print("\nPretrained weights (zoo.load(name, weights=<tag>)):")
         print(format_table(
-            [[p["tag"], p["dataset"], json.dumps(p["metrics"]), p.get("command", "")] for p in details["pretrained"]],
-            ["tag", "dataset", "metrics", "command"],
+            [[p["tag"], p["dataset"], tuple(p["input_shape"]), p["classes"], p.get("command", "")]
+             for p in details["pretrained"]],
+            ["tag", "dataset", "input shape", "classes", "command"],
         ))
     else:
-        print("  none yet (zoo.load(..., weights=None) gives a randomly initialised model)")
+        print("\nPretrained weights: none yet (zoo.load(..., weights=None) gives a randomly initialised model)")
     return 0
 
 

@@ -64,16 +64,21 @@ def load(
         ``classifier_activation``, ``input_mean``, ``input_std``, ...).
 
     Returns:
-      A ``tf_keras.Model`` that takes raw pixels (0-255).
+      A ``tf_keras.Model`` that takes raw pixels (0-255). One line on the ``zoo`` logger
+      (INFO) says which weights it got: tag, dataset, input shape, classes;
+      ``logging.getLogger("zoo").setLevel(logging.WARNING)`` silences it.
     """
     spec = registry.get_model_spec(name)
     entry, source = _resolve_weights(spec.name, weights)  # the registered name, also for a searched .json
 
-    if entry is not None:
-        builder_kwargs = {**entry.builder_kwargs, **builder_kwargs}
-        input_shape = entry.input_shape if input_shape is None else input_shape
     classes_in_file = entry.classes if entry is not None else classes
     classes = classes_in_file if classes is None else classes
+    if entry is not None:
+        builder_kwargs = {**entry.builder_kwargs, **builder_kwargs}
+        if input_shape is None and builder_kwargs.get("input_tensor") is None:
+            input_shape = entry.input_shape
+        _check_shape_fits(spec.name, entry, input_shape, builder_kwargs.get("input_tensor"),
+                          pretrained_head=include_top and classes == entry.classes)
     model = spec.build(
         include_top=include_top, input_shape=input_shape, classes=classes, **builder_kwargs
     )
@@ -87,7 +92,46 @@ def load(
     except weights_io.InvalidWeightsFile:
         weights_io.remove_if_cached(path)
         raise
+    log.info("%s", _loaded_line(spec.name, entry, source, include_top, classes if new_head else None))
     return model
+
+
+def _check_shape_fits(name, entry, input_shape, input_tensor, pretrained_head: bool) -> None:
+    """Pretrained weights fix the channels, and with their own head the whole input shape
+    (as keras.applications' ``include_top=True`` with ImageNet weights)."""
+    shape = tuple(input_tensor.shape[1:]) if input_shape is None else tuple(input_shape)
+    needed = tuple(entry.input_shape)
+    if shape == needed or (not pretrained_head and shape[-1:] == needed[-1:]):
+        return
+    weights = f"{name}'s pretrained weights {entry.tag!r} ({entry.dataset}, {entry.classes} classes)"
+    if pretrained_head:
+        raise WeightsMismatchError(
+            f"{weights} need input_shape={needed}, got {shape}: pass input_shape={needed}, "
+            f"or include_top=False (or another classes=) for other {needed[-1]}-channel sizes, "
+            "or weights=None for random initialisation."
+        )
+    raise WeightsMismatchError(
+        f"{weights} need {needed[-1]}-channel input, got input_shape={shape}: pass an input_shape "
+        f"ending in {needed[-1]} (trained at {needed}), or weights=None for random initialisation."
+    )
+
+
+def _loaded_line(name, entry, source, include_top: bool, new_head_classes: int | None) -> str:
+    """The one line ``load`` logs: which weights the model got."""
+    if entry is not None:
+        top1 = entry.metrics.get("top1")
+        line = (
+            f"{name}: pretrained weights {entry.tag!r} (trained on {entry.dataset}, "
+            f"input_shape={tuple(entry.input_shape)}, {entry.classes} classes"
+            + (f", measured top-1 {top1} %" if top1 is not None else "") + ", sha256 verified)"
+        )
+    else:
+        line = f"{name}: weights from {source}"
+    if not include_top:
+        return line + "; feature extractor (include_top=False)"
+    if new_head_classes is not None:
+        return line + f"; new randomly initialised {new_head_classes}-class head"
+    return line
 
 
 def _resolve_weights(name, weights):
@@ -98,7 +142,7 @@ def _resolve_weights(name, weights):
     if weights == "default":
         entries = registry.pretrained_entries(name)
         if not entries:
-            log.warning("zoo: no pretrained weights for %s yet; using random initialisation.", name)
+            log.warning("no pretrained weights for %s yet; using random initialisation.", name)
             return None, None
         return entries[0], entries[0].source
     if "://" in weights or os.path.sep in weights or weights.endswith((".h5", ".hdf5")):

@@ -61,6 +61,8 @@ def info(name: str, input_shape=None) -> dict:
     model = spec.build(input_shape=input_shape)
     normalize = model.get_layer("normalize")
     arch, scheme = spec.architecture, spec.scheme
+    reported = [r for r in scheme.reported if r.arch == arch.name]
+    entries = registry.pretrained_entries(name)
     model_costs = costs(to_inference(model) if scheme.binary else model)
     return {
         "name": name,
@@ -78,9 +80,27 @@ def info(name: str, input_shape=None) -> dict:
         **model_costs,
         "width_multiplier": scheme.width_multiplier,
         "binary_macs_vs_plain_width": binary_macs_vs_plain_width(spec, input_shape, model_costs),
-        "reported": [dataclasses.asdict(r) for r in scheme.reported if r.arch == arch.name],
-        "pretrained": [entry.as_dict() for entry in registry.pretrained_entries(name)],
+        "reported": [dataclasses.asdict(r) for r in reported],
+        "pretrained": [entry.as_dict() for entry in entries],
+        "accuracy": accuracy_rows(reported, entries),
     }
+
+
+def accuracy_rows(reported, entries) -> list[dict]:
+    """The paper's top-1 numbers and the shipped weights' measured ones side by side, each
+    with its dataset: a paper's ImageNet figure is not the shipped Fashion-MNIST one."""
+    rows = [
+        {"source": "paper", "dataset": r.dataset, "input_shape": None, "classes": None,
+         "top1": r.top1, "note": "; ".join(filter(None, (f"top-5 {r.top5}" if r.top5 else "", r.note, r.source)))}
+        for r in reported
+    ]
+    rows += [
+        {"source": f"shipped weights {entry.tag!r}", "dataset": entry.dataset,
+         "input_shape": list(entry.input_shape), "classes": entry.classes, "top1": entry.metrics.get("top1"),
+         "note": f"measured on {entry.metrics['test_images']} test images" if "test_images" in entry.metrics else ""}
+        for entry in entries
+    ]
+    return rows
 
 
 def summary(model: keras.Model, **kwargs) -> None:

@@ -2,7 +2,7 @@
 
 Architectures know nothing of weights and schemes know nothing of architectures; this
 module ties them together with the pretrained manifest (``pretrained/manifest.json``,
-or the file named by ``$ZOO_MANIFEST``). Registering a scheme adds a model for every
+shipped inside the package as ``zoo/pretrained/``, or the file named by ``$ZOO_MANIFEST``). Registering a scheme adds a model for every
 architecture, and registering an architecture adds one for every scheme.
 """
 
@@ -13,6 +13,7 @@ import difflib
 import fnmatch
 import json
 import os
+import re
 from pathlib import Path
 
 import tf_keras as keras
@@ -20,8 +21,10 @@ import tf_keras as keras
 from zoo.architectures import ARCHITECTURES, Architecture
 from zoo.schemes import SCHEMES, Scheme
 
-DEFAULT_MANIFEST = Path(__file__).resolve().parent.parent / "pretrained" / "manifest.json"
+#: in the repository ``zoo/pretrained`` is a link to the top-level ``pretrained/``; a wheel holds the files
+DEFAULT_MANIFEST = Path(__file__).resolve().parent / "pretrained" / "manifest.json"
 _REQUIRED_ENTRY_FIELDS = ("name", "tag", "dataset", "input_shape", "classes", "sha256", "metrics")
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 class UnknownModelError(ValueError):
@@ -174,32 +177,49 @@ def manifest_path() -> Path:
 
 
 def manifest_entries() -> list[PretrainedEntry]:
-    """All entries of the pretrained manifest (read anew each call: it is small)."""
+    """All entries of the pretrained manifest (read anew each call: it is small).
+
+    A manifest that cannot be found is an error, never "no pretrained weights": the
+    models it lists would otherwise load randomly initialised."""
     path = manifest_path()
-    if not path.exists():
-        return []
+    if not path.is_file():
+        if os.environ.get("ZOO_MANIFEST"):
+            raise ManifestError(f"$ZOO_MANIFEST names {path}, which is not a file.")
+        raise ManifestError(
+            f"The pretrained manifest {path} is missing: this zoo installation is incomplete "
+            "(reinstall it, or set $ZOO_MANIFEST to a manifest)."
+        )
     try:
         rows = json.loads(path.read_text())["entries"]
-    except (json.JSONDecodeError, KeyError, TypeError) as err:
+    except (json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError) as err:
         raise ManifestError(f"Pretrained manifest {path} is malformed: {err}") from err
+    if not isinstance(rows, list) or not all(isinstance(row, dict) for row in rows):
+        raise ManifestError(f"Pretrained manifest {path} is malformed: 'entries' must be a list of objects.")
     return [_entry_from_row(row, path) for row in rows]
 
 
 def _entry_from_row(row: dict, path: Path) -> PretrainedEntry:
+    where = f"Pretrained manifest {path}: entry {row.get('name', '?')}/{row.get('tag', '?')}"
     missing = [f for f in _REQUIRED_ENTRY_FIELDS if f not in row]
     if missing or not (row.get("file") or row.get("url")):
         missing += [] if (row.get("file") or row.get("url")) else ["file or url"]
-        raise ManifestError(
-            f"Pretrained manifest {path}: entry {row.get('name', '?')}/{row.get('tag', '?')} "
-            f"lacks {', '.join(missing)}."
-        )
+        raise ManifestError(f"{where} lacks {', '.join(missing)}.")
     fields = {f.name for f in dataclasses.fields(PretrainedEntry)} - {"manifest_dir"}
     unknown = set(row) - fields
     if unknown:
         raise ManifestError(f"Pretrained manifest {path}: unknown fields {sorted(unknown)}.")
-    return PretrainedEntry(
-        **{**row, "input_shape": tuple(row["input_shape"])}, manifest_dir=path.parent
-    )
+    if not isinstance(row["sha256"], str) or not _SHA256.fullmatch(row["sha256"]):
+        raise ManifestError(f"{where} has no valid sha256 (64 lowercase hex digits): {row['sha256']!r}.")
+    shape, classes = row["input_shape"], row["classes"]
+    if not (isinstance(shape, list) and len(shape) == 3 and all(_positive_int(d) for d in shape)):
+        raise ManifestError(f"{where}: input_shape must be [height, width, channels], got {shape!r}.")
+    if not _positive_int(classes):
+        raise ManifestError(f"{where}: classes must be a positive integer, got {classes!r}.")
+    return PretrainedEntry(**{**row, "input_shape": tuple(shape)}, manifest_dir=path.parent)
+
+
+def _positive_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
 
 
 def pretrained_entries(name: str) -> list[PretrainedEntry]:
