@@ -106,6 +106,11 @@ def test_a_run_with_held_out_images_validates_on_them_and_reports_the_test_split
     assert report["recipe"]["optimizer_name"] == "adam" and report["recipe"]["learning_rate"] == 1e-3
     assert report["recipe"]["weight_decay"] == 0.0
     assert report["bn_recalibration"]["batches"] >= 1
+    assert report["train_images_per_epoch"] == 64
+    assert report["budget"] == {"epochs": 1, "train_images_per_epoch": 64, "held_out_images": 200, "batch_size": 32,
+                                "seed": 0, "recipe": "Recipe", "optimizer": "adam", "learning_rate": 1e-3,
+                                "weight_decay": 0.0, "schedule": "cosine", "teacher": None,
+                                "bn_recalibration_images": 256 * report["bn_recalibration"]["batches"]}
     assert set(report["bn_recalibration"]) >= {"val_accuracy_before", "val_accuracy_after"}
     for flag in ("--val-images 200", "--optimizer adam", "--learning-rate 0.001", "--weight-decay 0.0"):
         assert flag in report["command"]

@@ -183,7 +183,7 @@ def keras_parity(model: keras.Model, images: np.ndarray) -> dict:
 
 
 def export_run(model_name: str, dataset: str, output: Path, float32_file: Path, load: Callable[[str], keras.Model],
-               test_data, *, input_shape, classes: int, command: str) -> dict:
+               test_data, *, input_shape, classes: int, command: str, training: dict | None = None) -> dict:
     """The weights file, its manifest entry and the .tflite (``zoo.deploy.convert``: LCE
     for binary models, verified in LCE's interpreter) with the parity of each step."""
     from zoo.deploy import convert
@@ -195,7 +195,7 @@ def export_run(model_name: str, dataset: str, output: Path, float32_file: Path, 
         name=model_name, tag=dataset, dataset=dataset, input_shape=tuple(input_shape), classes=classes,
         sha256=sha256_file(weights_file), file=weights_file.name, size=weights_file.stat().st_size,
         metrics={"top1": round(100 * stored.correct / stored.test_images, 2), "test_images": stored.test_images},
-        command=command,
+        command=command, training=training or {},
     ).as_dict()
 
     images, _ = first_examples(test_data, PARITY_IMAGES)

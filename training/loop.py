@@ -196,7 +196,7 @@ def train(model_name: str, dataset: str, *, epochs: int | None = None, batch_siz
         "recipe": {"name": type(recipe).__name__, **dataclasses.asdict(recipe)},
         "strategy": strategy,
         "replicas": distribution.num_replicas_in_sync,
-        "train_images_per_epoch": settings["train_images"] or info["splits"]["train"],
+        "train_images_per_epoch": settings["train_images"] or info["splits"]["train"] - (settings.get("val_images") or 0),
         "test_images": test_images or info["splits"][info["eval_split"]],
         "epochs_done": history[-1]["epoch"] if history else 0,
         "train_seconds": round(seconds, 1),
@@ -207,6 +207,13 @@ def train(model_name: str, dataset: str, *, epochs: int | None = None, batch_siz
         "bn_recalibration": recalibration,
         "history": history,
         "command": command_line(settings, spec.scheme.name, test_images),
+    }
+    report["budget"] = {
+        "epochs": report["epochs_done"], "train_images_per_epoch": report["train_images_per_epoch"],
+        "held_out_images": settings.get("val_images") or 0, "batch_size": recipe.batch_size, "seed": settings["seed"],
+        "recipe": type(recipe).__name__, "optimizer": recipe.optimizer_name, "learning_rate": recipe.learning_rate,
+        "weight_decay": recipe.weight_decay, "schedule": recipe.schedule, "teacher": settings["teacher"],
+        "bn_recalibration_images": recalibration["batches"] * recalibration["batch_size"],
     }
     if out is not None and export:
         report.update(_export(model, report, out, index, input_shape or model.input_shape[1:], info, test_data))
@@ -356,7 +363,8 @@ def _export(model, report, out: Path, index: int, input_shape, info, test_data) 
             return zoo.load(model_name, weights=path, input_shape=tuple(input_shape), classes=info["num_classes"])
 
         exported = artifacts.export_run(name, dataset, out, float32_file, load, test_data, input_shape=input_shape,
-                                        classes=info["num_classes"], command=report["command"])
+                                        classes=info["num_classes"], command=report["command"],
+                                        training=report["budget"])
     checkpoint.atomic_write(out / MANIFEST_ENTRY, json.dumps(exported["manifest_entry"], indent=2) + "\n")
     return exported
 
