@@ -104,3 +104,72 @@ def test_resnet18_cifar_widths_give_the_widened_variants():
     model = zoo.load("bnn_resnet18_cifar", weights=None, widths=(32, 64, 128, 256))
     assert [model.get_layer(f"stage{i}_block1_conv1").filters for i in (1, 2, 3, 4)] == [32, 64, 128, 256]
     assert model.get_layer("stem_conv").filters == 32
+
+
+def _one_model_per_builder() -> list[str]:
+    """A model of every architecture builder (RBNN's where it has one: its convs pad themselves)."""
+    from zoo.architectures import ARCHITECTURES
+
+    names = []
+    for arch in ARCHITECTURES:
+        models = zoo.list_models(f"*_{arch.name}")
+        models = [m for m in models if registry.get_model_spec(m).architecture is arch]
+        names.append(next((m for m in models if m.startswith("rbnn_")), models[0]))
+    return names
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", _one_model_per_builder())
+def test_builders_take_keras_applications_arguments(name):
+    """keras.applications' own tests: a feature extractor of any image size (None height and
+    width), on a given input_tensor, with pooling; here also run on an odd-sized image."""
+    from zoo import models
+
+    channels = registry.get_model_spec(name).architecture.default_input_shape[-1]
+    pixels = keras.Input(shape=(None, None, channels))
+    model = getattr(models, name)(weights=None, include_top=False, input_tensor=pixels, pooling="max")
+    assert model.inputs[0] is pixels
+    assert len(model.output_shape) == 2 and model.output_shape[0] is None
+    features = model(random_pixels((33, 35, channels), batch=1))
+    assert features.shape == (1, model.output_shape[1]) and np.all(np.isfinite(features))
+    keras.backend.clear_session()
+
+
+def test_model_functions_have_keras_applications_signature():
+    import inspect
+
+    from zoo import models
+
+    expected = list(inspect.signature(keras.applications.VGG16).parameters)
+    assert expected == ["include_top", "weights", "input_tensor", "input_shape", "pooling", "classes",
+                        "classifier_activation"]
+    assert list(inspect.signature(models.bnn_resnet20).parameters)[: len(expected)] == expected
+    model = models.bnn_resnet20(weights=None, input_shape=(28, 28, 1), classes=7, classifier_activation=None)
+    assert model.output_shape == (None, 7) and model.get_layer("predictions").activation is keras.activations.linear
+
+
+def test_input_tensor_is_built_upon_and_checked():
+    image = keras.Input(shape=(32, 32, 3), name="image")
+    resized = keras.layers.Resizing(28, 28, name="resize")(image)
+    model = zoo.load("xnor_resnet20", weights=None, input_tensor=resized, classes=5)
+    assert model.inputs[0] is image and model.input_shape == (None, 32, 32, 3)
+    assert model.get_layer("normalize").input_shape == (None, 28, 28, 3)
+    with pytest.raises(ValueError, match=r"differs from input_tensor's shape \(28, 28, 3\)"):
+        zoo.load("xnor_resnet20", weights=None, input_tensor=resized, input_shape=(32, 32, 3))
+    with pytest.raises(ValueError, match="input_tensor must be a Keras tensor"):
+        zoo.load("xnor_resnet20", weights=None, input_tensor=np.zeros((1, 28, 28, 3), np.float32))
+
+
+def test_variable_image_size_only_without_the_top():
+    with pytest.raises(ValueError, match="may be None with include_top=False"):
+        zoo.load("bnn_vgg_small", weights=None, input_shape=(None, None, 3))
+    model = zoo.load("bnn_vgg_small", weights=None, include_top=False, input_shape=(None, None, 3))
+    assert model.output_shape == (None, None, None, 512)
+
+
+def test_wrn_takes_a_width_multiplier_like_the_resnets():
+    model = zoo.load("bonn_wrn22", weights=None, width=1, width_multiplier=2, input_shape=(28, 28, 1))
+    assert model.get_layer("stem_conv").filters == 32
+    assert [model.get_layer(f"stage{s}_block1_conv1").filters for s in (1, 2, 3)] == [32, 64, 128]
+    with pytest.raises(ValueError, match="width_multiplier must be a positive integer"):
+        zoo.load("bonn_wrn22", weights=None, width_multiplier=0)

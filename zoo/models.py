@@ -15,14 +15,16 @@ from zoo.loading import load
 def _model_function(name: str):
     spec = registry.get_model_spec(name)
 
-    def build(include_top=True, weights="default", input_shape=None, classes=None, **kwargs):
-        return load(name, weights=weights, include_top=include_top, input_shape=input_shape,
-                    classes=classes, **kwargs)
+    def build(include_top=True, weights="default", input_tensor=None, input_shape=None, pooling=None,
+              classes=None, classifier_activation="softmax", **kwargs):
+        return load(name, weights=weights, include_top=include_top, input_tensor=input_tensor,
+                    input_shape=input_shape, pooling=pooling, classes=classes,
+                    classifier_activation=classifier_activation, **kwargs)
 
     build.__name__ = build.__qualname__ = name
     build.__doc__ = (
         f"{spec.scheme.method} {spec.architecture.description} "
-        f"({spec.scheme.paper}).\n\nArguments as `zoo.load`."
+        f"({spec.scheme.paper}).\n\nArguments as keras.applications' builders and `zoo.load`."
     )
     return build
 

@@ -27,16 +27,20 @@ class Architecture:
     schemes: tuple[str, ...] | None = None
 
 
-def check_input_shape(input_shape, arch: Architecture) -> tuple[int, int, int]:
+def check_input_shape(input_shape, arch: Architecture, include_top: bool = True) -> tuple[int, int, int]:
+    """The input shape, checked; a feature extractor (``include_top=False``) may leave
+    height and width ``None`` (any image size), as keras.applications' builders allow."""
     if input_shape is None:
         return arch.default_input_shape
     shape = tuple(input_shape)
-    if len(shape) != 3 or not all(isinstance(d, int) and d > 0 for d in shape):
+    if len(shape) != 3 or not all(
+        _positive_int(d) or (d is None and axis < 2 and not include_top) for axis, d in enumerate(shape)
+    ):
         raise ValueError(
             f"{arch.name}: input_shape must be (height, width, channels) with positive "
-            f"integers, got {input_shape!r}."
+            f"integers (height and width may be None with include_top=False), got {input_shape!r}."
         )
-    if min(shape[:2]) < arch.min_input_size:
+    if min((d for d in shape[:2] if d is not None), default=arch.min_input_size) < arch.min_input_size:
         raise ValueError(
             f"{arch.name}: input_shape {shape} is too small; this architecture needs at "
             f"least {arch.min_input_size}x{arch.min_input_size} pixels "
@@ -57,10 +61,30 @@ def default_normalization(channels: int) -> tuple[Sequence[float], Sequence[floa
     )
 
 
-def model_input(arch: Architecture, input_shape=None, classes=None, input_mean=None, input_std=None):
+def model_input(
+    arch: Architecture, input_shape=None, classes=None, input_mean=None, input_std=None, *,
+    input_tensor=None, include_top=True,
+):
     """Checks the builder arguments; returns the model's input (raw pixels, 0-255), its
-    own normalisation layer's output and the number of classes."""
-    input_shape = check_input_shape(input_shape, arch)
+    own normalisation layer's output and the number of classes.
+
+    ``input_tensor`` (a Keras tensor, as keras.applications' argument) becomes the
+    model's input instead of a new ``keras.Input``; the model's inputs are then its
+    source inputs, so the model can be built on top of another one."""
+    if input_tensor is not None:
+        if not _is_keras_tensor(input_tensor):
+            raise ValueError(
+                f"{arch.name}: input_tensor must be a Keras tensor (keras.Input(...) or a layer's "
+                f"output), got {type(input_tensor).__name__}."
+            )
+        tensor_shape = tuple(input_tensor.shape[1:])
+        if input_shape is not None and tuple(input_shape) != tensor_shape:
+            raise ValueError(
+                f"{arch.name}: input_shape {tuple(input_shape)} differs from input_tensor's "
+                f"shape {tensor_shape}; pass one of them."
+            )
+        input_shape = tensor_shape
+    input_shape = check_input_shape(input_shape, arch, include_top)
     classes = check_classes(arch.default_classes if classes is None else classes, arch.name)
     channels = input_shape[-1]
     default_mean, default_std = default_normalization(channels) if (
@@ -73,10 +97,14 @@ def model_input(arch: Architecture, input_shape=None, classes=None, input_mean=N
             f"input_mean and input_std need {channels} values (one per channel), "
             f"got {len(mean)} and {len(std)}."
         )
-    inputs = keras.Input(shape=input_shape, name="pixels")
+    if input_tensor is None:
+        inputs = pixels = keras.Input(shape=input_shape, name="pixels")
+    else:
+        sources = keras.utils.get_source_inputs(input_tensor)
+        inputs, pixels = (sources[0] if len(sources) == 1 else sources), input_tensor
     normalized = keras.layers.Normalization(
         mean=mean, variance=[s * s for s in std], name="normalize"
-    )(inputs)
+    )(pixels)
     return inputs, normalized, classes
 
 
@@ -118,7 +146,18 @@ def scaled_widths(widths, scheme, width_multiplier=None) -> tuple[int, ...]:
     return tuple(int(w) * multiplier for w in widths)
 
 
+def _is_keras_tensor(value) -> bool:
+    try:
+        return keras.backend.is_keras_tensor(value)
+    except ValueError:  # raised for anything that is not a tensor
+        return False
+
+
+def _positive_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
 def check_classes(classes: int, name: str) -> int:
-    if not isinstance(classes, int) or classes < 1:
+    if not _positive_int(classes):
         raise ValueError(f"{name}: classes must be a positive integer, got {classes!r}.")
     return classes

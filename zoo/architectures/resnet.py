@@ -71,6 +71,7 @@ def build_resnet(
     shortcut_kind: str,
     shortcut_every_conv: bool | None = None,
     include_top=True,
+    input_tensor=None,
     input_shape=None,
     classes=None,
     pooling=None,
@@ -83,7 +84,9 @@ def build_resnet(
 
     ``width_multiplier`` multiplies every width (default: the scheme's, 4 for CBCN).
     """
-    inputs, x, classes = model_input(arch, input_shape, classes, input_mean, input_std)
+    inputs, x, classes = model_input(
+        arch, input_shape, classes, input_mean, input_std, input_tensor=input_tensor, include_top=include_top
+    )
     widths = scaled_widths(widths, scheme, width_multiplier)
 
     if stem == "imagenet":

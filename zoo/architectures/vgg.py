@@ -26,6 +26,7 @@ def vgg_small(
     scheme,
     *,
     include_top=True,
+    input_tensor=None,
     input_shape=None,
     classes=None,
     pooling=None,
@@ -35,7 +36,9 @@ def vgg_small(
     width_multiplier=None,
 ):
     """VGG-small for 32x32 (or 28x28) inputs; ``width_multiplier`` as in the ResNets."""
-    inputs, x, classes = model_input(VGG_SMALL, input_shape, classes, input_mean, input_std)
+    inputs, x, classes = model_input(
+        VGG_SMALL, input_shape, classes, input_mean, input_std, input_tensor=input_tensor, include_top=include_top
+    )
     stem_width, *body_widths = scaled_widths((128, *(f for f, _ in _BODY)), scheme, width_multiplier)
     x = float_conv(stem_width, 3, 1, name="stem_conv")(x)
     x = batch_norm("stem_bn")(x)

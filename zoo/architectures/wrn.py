@@ -29,6 +29,7 @@ from zoo.architectures.common import (
     float_conv,
     model_input,
     pooled_features,
+    scaled_widths,
 )
 from zoo.architectures.resnet import _basic_block
 
@@ -42,23 +43,31 @@ def build_wrn(
     depth: int,
     width: int = 4,
     include_top=True,
+    input_tensor=None,
     input_shape=None,
     classes=None,
     pooling=None,
     classifier_activation="softmax",
     input_mean=None,
     input_std=None,
+    width_multiplier=None,
 ):
-    """WRN-``depth``-``width``; ``depth`` = 6·n + 4 (n blocks a stage)."""
+    """WRN-``depth``-``width``; ``depth`` = 6·n + 4 (n blocks a stage). ``width_multiplier``
+    multiplies every width, the stem's too, as in the ResNets (default: the scheme's)."""
     if (depth - 4) % 6 or depth < 10:
         raise ValueError(f"{arch.name}: WRN depth must be 6n + 4 with n >= 1, got {depth}.")
     if not isinstance(width, int) or width < 1:
         raise ValueError(f"{arch.name}: width must be a positive integer, got {width!r}.")
-    inputs, x, classes = model_input(arch, input_shape, classes, input_mean, input_std)
-    x = float_conv(STEM_WIDTH, 3, 1, name="stem_conv")(x)
+    inputs, x, classes = model_input(
+        arch, input_shape, classes, input_mean, input_std, input_tensor=input_tensor, include_top=include_top
+    )
+    stem_width, *stage_widths = scaled_widths(
+        (STEM_WIDTH, 16 * width, 32 * width, 64 * width), scheme, width_multiplier
+    )
+    x = float_conv(stem_width, 3, 1, name="stem_conv")(x)
     x = batch_norm("stem_bn")(x)
     x = scheme.activation_layer("stem_act")(x)
-    for stage, filters in enumerate((16 * width, 32 * width, 64 * width), start=1):
+    for stage, filters in enumerate(stage_widths, start=1):
         for block in range(1, (depth - 4) // 6 + 1):
             strides = 2 if stage > 1 and block == 1 else 1
             x = _basic_block(x, scheme, filters, strides, "float", scheme.shortcut_every_conv,

@@ -141,8 +141,10 @@ def conv_output_shape(input_shape, kernel_size, strides, padding: str, filters: 
 def pad_same(x, kernel_size, strides, value: float):
     """TF "same" padding of an NHWC tensor with a constant (as LCE pads a binarized input)."""
     pads = [[0, 0]]
-    for size, stride, k in zip(x.shape[1:3], strides, kernel_size):
-        total = max((conv_output_size(size, stride, k, "same") - 1) * stride + k - size, 0)
+    for axis, stride, k in zip((1, 2), strides, kernel_size):
+        size = x.shape[axis] if x.shape[axis] is not None else tf.shape(x)[axis]  # None: any image size
+        total = (conv_output_size(size, stride, k, "same") - 1) * stride + k - size
+        total = max(total, 0) if isinstance(total, int) else tf.maximum(total, 0)
         pads.append([total // 2, total - total // 2])
     return tf.pad(x, pads + [[0, 0]], constant_values=value)
 

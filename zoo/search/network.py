@@ -145,6 +145,7 @@ def build_network(
     arch: Architecture,
     *,
     include_top=True,
+    input_tensor=None,
     input_shape=None,
     classes=None,
     pooling=None,
@@ -153,7 +154,9 @@ def build_network(
     input_std=None,
 ) -> keras.Model:
     """The model of ``genotype`` with ``scheme``'s binary convs (raw 0-255 pixels in)."""
-    inputs, x, classes = model_input(arch, input_shape, classes, input_mean, input_std)
+    inputs, x, classes = model_input(
+        arch, input_shape, classes, input_mean, input_std, input_tensor=input_tensor, include_top=include_top
+    )
     x = apply_stem(genotype.stem, x, scheme, genotype.stages[0].width)
     for number, stage in enumerate(genotype.stages, start=1):
         if stage.downsample is not None:
