@@ -289,3 +289,24 @@ def test_the_storage_form_of_single_signed_rows():
     layer.mixed_weights = lambda: tf.constant(target)
     assert not rbnn.fold_rotations(layer)
     np.testing.assert_array_equal(layer.kernel.numpy(), kernel)
+
+
+@pytest.mark.parametrize("name, expected", [
+    ("rbnn_resnet20", "tiny"), ("rbnn_resnet18", "tiny"), ("rbnn_resnet18_cifar", "uniform"),
+    ("rbnn_vgg_small", "ones"), ("bnn_resnet20", "ones"),
+])
+def test_batch_norm_gamma_starts_as_the_reference_initialises_it(name, expected):
+    """§1.7: γ = 1e-8 in every BatchNorm2d of the CIFAR ResNet-20 and the ImageNet ResNets and
+    U(0, 1) in the head's BatchNorm1d; PyTorch 1.1's U(0, 1) in the CIFAR ResNet-18; 1 in VGG-small."""
+    model = zoo.load(name, weights=None, input_shape=(32, 32, 3), classes=10)
+    gammas = {layer.name: layer.gamma.numpy() for layer in model.layers
+              if isinstance(layer, keras.layers.BatchNormalization)}
+    head = gammas.pop("head_bn", None)
+    body = np.concatenate(list(gammas.values()))
+    if expected == "ones":
+        assert np.all(body == 1.0) and (head is None or np.all(head == 1.0))
+        return
+    for values in ([body, head] if expected == "uniform" else [head]):
+        assert np.all((values >= 0) & (values < 1)) and values.std() > 0.1
+    if expected == "tiny":
+        np.testing.assert_array_equal(body, np.float32(1e-8))

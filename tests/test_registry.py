@@ -8,7 +8,7 @@ from helpers import manifest_entry, write_manifest
 from zoo import cli, registry
 
 ARCHS = ("resnet18", "resnet34", "resnet18_cifar", "resnet20", "vgg_small")
-SCHEMES = ("fp", "bnn", "xnor", "bireal", "rbnn", "bonn", "rbcn", "cbcn")
+SCHEMES = ("fp", "fp_bireal", "bnn", "xnor", "bireal", "rbnn", "bonn", "rbcn", "cbcn")
 
 
 def test_every_scheme_architecture_pair_is_registered():

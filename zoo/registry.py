@@ -49,7 +49,9 @@ class ModelSpec:
 
     def build(self, **kwargs) -> keras.Model:
         """Builds the model with random weights (keras.applications-style kwargs)."""
-        return self.architecture.builder(self.scheme, **kwargs)
+        model = self.architecture.builder(self.scheme, **kwargs)
+        self.scheme.initialize(model, self.architecture.name)
+        return model
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,6 +70,8 @@ class PretrainedEntry:
     size: int | None = None
     builder_kwargs: dict = dataclasses.field(default_factory=dict)
     command: str = ""
+    #: the budget and settings of the run that made the file (epochs, images, batch, seed, recipe)
+    training: dict = dataclasses.field(default_factory=dict)
     manifest_dir: Path = Path(".")
 
     @property
@@ -123,6 +127,11 @@ def get_model_spec(name: str | os.PathLike) -> ModelSpec:
             f"Unknown model {name!r}.{hint} `zoo.list_models()` lists all "
             f"{len(_MODELS)} models."
         ) from None
+
+
+def schemes() -> list[Scheme]:
+    """The registered schemes, in registration order."""
+    return list(_SCHEMES.values())
 
 
 def get_scheme(name: str) -> Scheme:

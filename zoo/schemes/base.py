@@ -213,6 +213,10 @@ class Scheme:
         """Per-epoch machinery the scheme needs during ``fit`` (none for the baselines)."""
         return []
 
+    def initialize(self, model: keras.Model, architecture: str) -> None:
+        """Re-initialises a freshly built ``architecture`` where the method's reference
+        initialises differently from the builders (e.g. RBNN's BatchNorm γ); none by default."""
+
     def __repr__(self) -> str:
         return f"<Scheme {self.name}: {self.method}>"
 

@@ -59,6 +59,7 @@ import tensorflow as tf
 import tf_keras as keras
 
 from zoo.distillation import Distiller, Outputs, check_teacher, stage_outputs
+from zoo.recalibration import recalibrate_bn
 from zoo.schemes.base import BinaryExport, Reported, Scheme, conv_geometry, conv_initializer, export_rule
 from zoo.schemes.base import split_scaled_sign
 
@@ -357,7 +358,10 @@ class AdversarialTrainer(Distiller):
 
 class BatchNormRetraining(keras.callbacks.Callback):
     """After each epoch, RBCN's BN pass (§3.4): ``fraction`` of the epoch's batches train
-    the student's non-conv parameters with every conv (W, C) and the discriminators fixed.
+    the student's non-conv parameters with every conv (W, C) and the discriminators fixed;
+    then as many batches re-estimate the student's BatchNorm statistics
+    (:func:`zoo.recalibration.recalibrate_bn`): the moving averages of a pass this short
+    lag the γ, β it moved.
 
     It runs after the epoch's last batch when the number of steps is known, so that the
     epoch's validation already sees it (otherwise at the epoch's end); it logs
@@ -400,7 +404,9 @@ class BatchNormRetraining(keras.callbacks.Callback):
         data = self.model.training_data
         if data is None:
             raise ValueError("BatchNormRetraining needs fit(dataset) or fit(x, y) arrays to draw its batches from.")
-        self.loss = self.model.retrain_batch_norm(data, max(1, math.ceil(self.fraction * self._batches)))
+        steps = max(1, math.ceil(self.fraction * self._batches))
+        self.loss = self.model.retrain_batch_norm(data, steps)
+        recalibrate_bn(self.model.student, data, steps)  # the pass moved γ, β: statistics to match
 
 
 # -- the scheme ---------------------------------------------------------------------------

@@ -21,8 +21,8 @@ epoch-dependent smooth approximation. This module holds:
 
 Deviations, each a [choice] of methods.md: ε = 1e-8 / 1e-5 in the weight / activation
 std; rotations updated persistently every epoch (the reference's 4-GPU ImageNet runs
-lost them, §1.4); binary convs pad with +1 (LCE's fast path, §0.4) rather than 0; BN
-initialisation is the zoo's (γ = 1) rather than the reference's per-architecture choice.
+lost them, §1.4); binary convs pad with +1 (LCE's fast path, §0.4) rather than 0. BatchNorm γ
+starts as the reference's (:meth:`RBNN.initialize`).
 """
 
 from __future__ import annotations
@@ -384,3 +384,22 @@ class RBNN(Scheme):
 
     def callbacks(self, epochs: int) -> list:
         return [RotationUpdate(), SignSchedule(epochs)]
+
+    def initialize(self, model: keras.Model, architecture: str) -> None:
+        """The reference's BatchNorm γ (§1.7): ``resnet20*``, ``resnet18``, ``resnet34``: γ = 1e-8
+        in every BatchNorm2d, U(0, 1) in the head's BatchNorm1d; ``resnet18_cifar``: U(0, 1)
+        everywhere (PyTorch 1.1's default); ``vgg_small``: 1 (the builders' default)."""
+        rule = _GAMMA_INIT.get(architecture.removesuffix("_official").removesuffix("_bireal"))
+        if rule is None:
+            return
+        uniform = keras.initializers.RandomUniform(0.0, 1.0)
+        for layer in model.layers:
+            if isinstance(layer, keras.layers.BatchNormalization):
+                tiny = rule == "tiny" and layer.name != HEAD_BATCH_NORM
+                layer.gamma.assign(tf.fill(layer.gamma.shape, TINY_GAMMA) if tiny else uniform(layer.gamma.shape))
+
+
+#: BatchNorm γ of the reference's BatchNorm2d layers in the CIFAR ResNet-20 and ImageNet ResNets (§1.7a, e)
+TINY_GAMMA = 1e-8
+HEAD_BATCH_NORM = "head_bn"
+_GAMMA_INIT = {"resnet20": "tiny", "resnet18": "tiny", "resnet34": "tiny", "resnet18_cifar": "uniform"}
