@@ -199,6 +199,17 @@ def cmd_compress(args) -> int:
     return 0
 
 
+def cmd_port(args) -> int:
+    from zoo import port
+
+    model = port.port_to_file(args.checkpoint, args.output, arch=args.arch)
+    classes = int(model.output_shape[-1])
+    default = port.registry.get_model_spec(model.name).architecture.default_classes
+    load_args = f'"{model.name}", weights="{args.output}"' + (f", classes={classes}" if classes != default else "")
+    print(f"zoo port: wrote {args.output} ({model.name}, {classes} classes); load it with zoo.load({load_args})")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="zoo", description="1-bit CNN model zoo.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -339,6 +350,17 @@ def build_parser() -> argparse.ArgumentParser:
     compressing.add_argument("--json", action="store_true", help="print the report as JSON")
     compressing.add_argument("--quiet", action="store_true", help="no progress lines")
     compressing.set_defaults(run=cmd_compress)
+
+    porting = commands.add_parser(
+        "port", help="an official PyTorch checkpoint as zoo weights (RBNN: resnet20, resnet18, resnet34)",
+        description="Maps the authors' state dict onto rbnn_<arch>_official, every name and shape checked, "
+                    "and writes its weights (HDF5) for zoo.load. Reads .npz, or .pt/.pth with PyTorch installed.")
+    porting.add_argument("method", choices=("rbnn",), help="the method whose official code saved the checkpoint")
+    porting.add_argument("checkpoint", help="the state dict: .npz, or .pt / .pth saved by torch.save")
+    porting.add_argument("-o", "--output", required=True, help="the weights file to write (.h5, atomically)")
+    porting.add_argument("--arch", choices=("resnet20", "resnet18", "resnet34"), default=None,
+                         help="default: the layout the checkpoint's names fit best")
+    porting.set_defaults(run=cmd_port)
     return parser
 
 

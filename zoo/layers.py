@@ -47,3 +47,16 @@ class SubsampleChannelPad(keras.layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "filters": self.filters, "strides": self.strides}
+
+
+@keras.utils.register_keras_serializable(package="zoo")
+class MirrorSpatial(keras.layers.Layer):
+    """Turns a feature map upside down and mirrors it left to right (``x[:, ::-1, ::-1, :]``).
+
+    A stride-2 op padded with TF's "same" pads its extra row and column after the input,
+    PyTorch before it; between two of these layers (and with its kernel mirrored) the
+    TF op computes what the PyTorch one does, in training and in an LCE file alike.
+    """
+
+    def call(self, inputs):
+        return tf.reverse(inputs, axis=[1, 2])

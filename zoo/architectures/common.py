@@ -113,10 +113,10 @@ def batch_norm(name: str) -> keras.layers.BatchNormalization:
     return keras.layers.BatchNormalization(momentum=0.9, epsilon=1e-5, name=name)
 
 
-def float_conv(filters, kernel_size, strides=1, name=None) -> keras.layers.Conv2D:
+def float_conv(filters, kernel_size, strides=1, name=None, padding="same") -> keras.layers.Conv2D:
     """A full-precision conv (stems and float shortcuts stay float in every scheme)."""
     return keras.layers.Conv2D(
-        filters, kernel_size, strides=strides, padding="same", use_bias=False,
+        filters, kernel_size, strides=strides, padding=padding, use_bias=False,
         kernel_initializer=keras.initializers.VarianceScaling(2.0, "fan_in", "untruncated_normal"),
         name=name,
     )

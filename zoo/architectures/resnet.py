@@ -13,11 +13,17 @@ methods of the zoo share:
   A block is ``act(BN(conv(act(BN(conv(x))))) + shortcut(x))``, or, for schemes with
   ``shortcut_every_conv`` (Bi-Real), a shortcut around each conv. Both take 28x28x1
   (Fashion-MNIST) as well as 32x32x3.
+* ``*_official`` (RBNN only): ``resnet20``, ``resnet18`` and ``resnet34`` padded as the
+  PyTorch reference pads — binary convs zero-padded after binarization, every stride-2
+  conv and pool padded before the input as well as after it — so that checkpoints ported
+  with :mod:`zoo.port` compute what the authors' code does, in Keras and in LCE.
 
 First conv and last dense are full precision in every scheme.
 """
 
 from __future__ import annotations
+
+import copy
 
 import tf_keras as keras
 
@@ -30,7 +36,7 @@ from zoo.architectures.common import (
     pooled_features,
     scaled_widths,
 )
-from zoo.layers import SubsampleChannelPad
+from zoo.layers import MirrorSpatial, SubsampleChannelPad
 
 
 def _shortcut(x, scheme, filters, strides, kind, name):
@@ -43,10 +49,31 @@ def _shortcut(x, scheme, filters, strides, kind, name):
     return batch_norm(f"{name}_shortcut_bn")(x)
 
 
-def _basic_block(x, scheme, filters, strides, shortcut_kind, shortcut_every_conv, name):
+def _mirrored(x, layers, name):
+    """``layers`` applied to ``x`` turned upside down and mirrored, then turned back: TF's
+    "same" padding of a stride-2 op (its extra row and column after the input) becomes
+    PyTorch's (before it). A conv among ``layers`` mirrors its kernel."""
+    x = MirrorSpatial(name=f"{name}_mirror_in")(x)
+    for layer in layers:
+        x = layer(x)
+    return MirrorSpatial(name=f"{name}_mirror_out")(x)
+
+
+def _zero_padded(scheme):
+    """The scheme with binary convs padded with 0 after binarization, as PyTorch pads ``sign(x)``."""
+    zero_padded = copy.copy(scheme)
+    zero_padded.pad_values = 0.0
+    return zero_padded
+
+
+def _basic_block(x, scheme, filters, strides, shortcut_kind, shortcut_every_conv, name, torch_padding=False):
     shortcut = _shortcut(x, scheme, filters, strides, shortcut_kind, name)
-    h = scheme.conv(filters, 3, strides, name=f"{name}_conv1")(x)
-    h = batch_norm(f"{name}_bn1")(h)
+    if torch_padding and strides != 1:
+        conv = scheme.conv(filters, 3, strides, name=f"{name}_conv1", mirrored=True)
+        h = _mirrored(x, [conv, batch_norm(f"{name}_bn1")], f"{name}_conv1")
+    else:
+        h = scheme.conv(filters, 3, strides, name=f"{name}_conv1")(x)
+        h = batch_norm(f"{name}_bn1")(h)
     if shortcut_every_conv:
         h = keras.layers.Add(name=f"{name}_add1")([h, shortcut])
         h = scheme.activation_layer(f"{name}_act1")(h)
@@ -79,21 +106,30 @@ def build_resnet(
     input_mean=None,
     input_std=None,
     width_multiplier=None,
+    torch_padding: bool = False,
 ):
     """Builds any ResNet of this module; the factories below fix its hyper-parameters.
 
     ``width_multiplier`` multiplies every width (default: the scheme's, 4 for CBCN).
+    ``torch_padding`` pads as the PyTorch reference code: binary convs with 0 after
+    binarization, the 7x7/2 stem conv with 3 on every side, stride-2 binary convs and the
+    max-pool before the input as well as after it (between :class:`MirrorSpatial` layers).
     """
     inputs, x, classes = model_input(
         arch, input_shape, classes, input_mean, input_std, input_tensor=input_tensor, include_top=include_top
     )
     widths = scaled_widths(widths, scheme, width_multiplier)
+    if torch_padding:
+        scheme = _zero_padded(scheme)
 
     if stem == "imagenet":
-        x = float_conv(widths[0], 7, 2, name="stem_conv")(x)
+        if torch_padding:
+            x = keras.layers.ZeroPadding2D(3, name="stem_pad")(x)
+        x = float_conv(widths[0], 7, 2, name="stem_conv", padding="valid" if torch_padding else "same")(x)
         x = batch_norm("stem_bn")(x)
         x = scheme.activation_layer("stem_act")(x)
-        x = keras.layers.MaxPooling2D(3, 2, padding="same", name="stem_pool")(x)
+        pool = keras.layers.MaxPooling2D(3, 2, padding="same", name="stem_pool")
+        x = _mirrored(x, [pool], "stem_pool") if torch_padding else pool(x)
     else:
         x = float_conv(widths[0], 3, 1, name="stem_conv")(x)
         x = batch_norm("stem_bn")(x)
@@ -109,7 +145,7 @@ def build_resnet(
             strides = 2 if stage > 1 and block == 1 else 1
             x = _basic_block(
                 x, scheme, filters, strides, shortcut_kind, every_conv,
-                name=f"stage{stage}_block{block}",
+                name=f"stage{stage}_block{block}", torch_padding=torch_padding,
             )
 
     x = pooled_features(x, include_top, pooling)
@@ -159,6 +195,31 @@ def resnet20_bireal(scheme, **kwargs):
     )
 
 
+def resnet20_official(scheme, **kwargs):
+    """ResNet-20 as RBNN's reference code computes it (``resnet20_1w1a``, §1.7a): the
+    model of official CIFAR checkpoints ported with :mod:`zoo.port`."""
+    return build_resnet(
+        scheme, RESNET20_OFFICIAL, stem="cifar_act", blocks_per_stage=(3, 3, 3),
+        widths=(16, 32, 64), shortcut_kind="option_a", torch_padding=True, **kwargs,
+    )
+
+
+def resnet18_official(scheme, **kwargs):
+    """ResNet-18 as RBNN's reference ImageNet code computes it (§1.7e), for :mod:`zoo.port`."""
+    return build_resnet(
+        scheme, RESNET18_OFFICIAL, stem="imagenet", blocks_per_stage=(2, 2, 2, 2),
+        widths=(64, 128, 256, 512), shortcut_kind="float", torch_padding=True, **kwargs,
+    )
+
+
+def resnet34_official(scheme, **kwargs):
+    """ResNet-34 as RBNN's reference ImageNet code computes it (§1.7e), for :mod:`zoo.port`."""
+    return build_resnet(
+        scheme, RESNET34_OFFICIAL, stem="imagenet", blocks_per_stage=(3, 4, 6, 3),
+        widths=(64, 128, 256, 512), shortcut_kind="float", torch_padding=True, **kwargs,
+    )
+
+
 RESNET18 = Architecture(
     "resnet18", resnet18, "ResNet (ImageNet-style)",
     "ResNet-18, 7x7 stem, Bi-Real layout, float 1x1 downsampling", (224, 224, 3), 1000, 28,
@@ -179,4 +240,21 @@ RESNET20_BIREAL = Architecture(
     "resnet20_bireal", resnet20_bireal, "ResNet (CIFAR-style)",
     "ResNet-20 (16-32-64), a shortcut around every conv (RBNN's Bi-Real variant)",
     (32, 32, 3), 10, 8, schemes=("rbnn",),
+)
+
+_OFFICIAL = ("padded as the PyTorch reference (binary convs with zeros, stride 2 on both sides): "
+             "for ported official checkpoints (zoo.port)")
+RESNET20_OFFICIAL = Architecture(
+    "resnet20_official", resnet20_official, "ResNet (CIFAR-style)",
+    f"ResNet-20 (16-32-64), option-A shortcuts, {_OFFICIAL}", (32, 32, 3), 10, 8, schemes=("rbnn",),
+)
+RESNET18_OFFICIAL = Architecture(
+    "resnet18_official", resnet18_official, "ResNet (ImageNet-style)",
+    f"ResNet-18, 7x7 stem, Bi-Real layout, float 1x1 downsampling, {_OFFICIAL}", (224, 224, 3), 1000, 28,
+    schemes=("rbnn",),
+)
+RESNET34_OFFICIAL = Architecture(
+    "resnet34_official", resnet34_official, "ResNet (ImageNet-style)",
+    f"ResNet-34, 7x7 stem, Bi-Real layout, float 1x1 downsampling, {_OFFICIAL}", (224, 224, 3), 1000, 28,
+    schemes=("rbnn",),
 )

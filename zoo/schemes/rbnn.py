@@ -22,7 +22,8 @@ epoch-dependent smooth approximation. This module holds:
 Deviations, each a [choice] of methods.md: ε = 1e-8 / 1e-5 in the weight / activation
 std; rotations updated persistently every epoch (the reference's 4-GPU ImageNet runs
 lost them, §1.4); binary convs pad with +1 (LCE's fast path, §0.4) rather than 0. BatchNorm γ
-starts as the reference's (:meth:`RBNN.initialize`).
+starts as the reference's (:meth:`RBNN.initialize`). The ``*_official`` architectures pad as
+the reference does, for checkpoints ported with :mod:`zoo.port`.
 """
 
 from __future__ import annotations
@@ -147,6 +148,7 @@ class RBNNConv2D(keras.layers.Layer):
         pad_values: float = 1.0,
         center_activations: bool = True,
         kernel_initializer=None,
+        mirrored: bool = False,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -158,6 +160,7 @@ class RBNNConv2D(keras.layers.Layer):
         self.padding = padding
         self.pad_values = float(pad_values)
         self.center_activations = bool(center_activations)
+        self.mirrored = bool(mirrored)
         self.kernel_initializer = keras.initializers.get(kernel_initializer or conv_initializer())
         self.input_quantizer = RBNNSign(for_weights=False, name="activation_sign")
         self.kernel_quantizer = RBNNSign(for_weights=True, name="weight_sign")
@@ -198,6 +201,14 @@ class RBNNConv2D(keras.layers.Layer):
         oihw = tf.reshape(weights, [self.filters, -1, kh, kw])
         return tf.transpose(oihw, [2, 3, 1, 0])
 
+    def binary_kernel(self):
+        """The ±1 HWIO kernel the conv runs with: ``sign(w̃)``, upside down and mirrored
+        left to right when ``mirrored`` (between two :class:`~zoo.layers.MirrorSpatial`
+        layers such a conv is the plain one with TF's "same" padding moved from after the
+        input to before it — PyTorch's stride-2 padding)."""
+        kernel = self._to_hwio(self.kernel_quantizer(self.mixed_weights()))
+        return kernel[::-1, ::-1] if self.mirrored else kernel
+
     # -- the forward --------------------------------------------------------------------
     def _standardize_input(self, x):
         if not self.center_activations:
@@ -211,8 +222,7 @@ class RBNNConv2D(keras.layers.Layer):
 
     def call(self, inputs):
         activations = self.input_quantizer(self._standardize_input(inputs))
-        kernel = self._to_hwio(self.kernel_quantizer(self.mixed_weights()))
-        y = tf.nn.conv2d(self._pad(activations), kernel, self.strides, "VALID")
+        y = tf.nn.conv2d(self._pad(activations), self.binary_kernel(), self.strides, "VALID")
         return y * self.alpha
 
     def compute_output_shape(self, input_shape):
@@ -228,6 +238,7 @@ class RBNNConv2D(keras.layers.Layer):
             "pad_values": self.pad_values,
             "center_activations": self.center_activations,
             "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
+            "mirrored": self.mirrored,
         }
 
 
@@ -310,7 +321,7 @@ class SignSchedule(keras.callbacks.Callback):
 @export_rule(RBNNConv2D)
 def export_rbnn_conv(layer: RBNNConv2D) -> BinaryExport:
     """±1 kernel ``sign(w̃)``, scale α, and the centring pre-op (§1.10)."""
-    kernel = layer._to_hwio(layer.kernel_quantizer(layer.mixed_weights())).numpy()  # the forward's own sign
+    kernel = layer.binary_kernel().numpy()  # the forward's own sign
     pre = (CenterActivations(name=f"{layer.name}_center"),) if layer.center_activations else ()
     return BinaryExport(
         kernel=kernel.astype(np.float32),
@@ -373,14 +384,18 @@ class RBNN(Scheme):
         Reported("vgg_small", "cifar10", 91.3, _README),
         Reported("resnet18", "imagenet2012", 59.9, _README, top5=81.9),
         Reported("resnet34", "imagenet2012", 63.1, _README, top5=84.4),
+        # the *_official variants compute the reference's own networks (zoo.port)
+        Reported("resnet20_official", "cifar10", 86.5, _README),
+        Reported("resnet18_official", "imagenet2012", 59.9, _README, top5=81.9),
+        Reported("resnet34_official", "imagenet2012", 63.1, _README, top5=84.4),
     )
 
     def __init__(self, center_activations: bool = True):
         self.center_activations = center_activations
 
-    def conv(self, filters, kernel_size, strides=1, name=None):
+    def conv(self, filters, kernel_size, strides=1, name=None, mirrored=False):
         return RBNNConv2D(filters, kernel_size, strides, pad_values=self.pad_values,
-                          center_activations=self.center_activations, name=name)
+                          center_activations=self.center_activations, mirrored=mirrored, name=name)
 
     def callbacks(self, epochs: int) -> list:
         return [RotationUpdate(), SignSchedule(epochs)]
