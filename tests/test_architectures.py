@@ -50,7 +50,7 @@ def test_cifar_style_models_take_fashion_mnist_shape(name):
 def test_first_conv_and_last_dense_stay_float_and_block_convs_are_binary():
     model = zoo.load("bnn_resnet18_cifar", weights=None)
     binary = [layer.name for layer in model.layers if isinstance(layer, lq.layers.QuantConv2D)]
-    assert len(binary) == 16 + 3  # 3x3 block convs + binary 1x1 shortcuts (methods.md §1.6)
+    assert len(binary) == 16 + 3  # 3x3 block convs + binary 1x1 shortcuts (docs/methods/rbnn.md#architectures)
     assert type(model.get_layer("stem_conv")) is keras.layers.Conv2D
     assert type(model.get_layer("predictions")) is keras.layers.Dense
 

@@ -1,4 +1,4 @@
-"""BONN (methods.md §2): kernel and feature losses, asynchronous backward, trainer, recipe, export."""
+"""BONN (docs/methods/bonn.md): kernel and feature losses, asynchronous backward, trainer, recipe, export."""
 
 import numpy as np
 import pytest

@@ -1,4 +1,4 @@
-"""CBCN (methods.md §4): circulant filters, CBConv, CBP, the N× width, export, training."""
+"""CBCN (docs/methods/cbcn.md): circulant filters, CBConv, CBP, the N× width, export, training."""
 
 import larq as lq
 import numpy as np
@@ -15,7 +15,7 @@ from zoo.profile import costs
 from zoo.schemes import cbcn
 
 N = 4
-# methods.md §4.7: for 90°·r the 3×3 source tap p (row-major 1…9) lands on tap TABLE[r][p − 1]
+# docs/methods/cbcn.md#circulant-filter: for 90°·r the 3×3 source tap p (row-major 1…9) lands on tap TABLE[r][p − 1]
 TABLE = {
     0: [1, 2, 3, 4, 5, 6, 7, 8, 9],
     1: [3, 6, 9, 2, 5, 8, 1, 4, 7],
@@ -153,7 +153,7 @@ def test_cbcn_networks_are_four_times_wide_and_cost_sixteen_times_the_binary_mac
     plain_macs, wide_macs = (costs(m)["binary_macs"] for m in (plain, wide))  # bnn trains as it exports
     assert details["binary_macs"] == wide_macs == 16 * plain_macs
     assert details["width_multiplier"] == N and details["binary_macs_vs_plain_width"] == 16.0
-    # latent parameters: N× a plain conv's (methods.md §4.5)
+    # latent parameters: N× a plain conv's (docs/methods/cbcn.md#cost-of-the-n-wide-feature-maps)
     latent = sum(int(np.prod(layer.latent.shape)) for layer in model.layers if hasattr(layer, "latent"))
     plain_binary = sum(layer.kernel.shape.num_elements() for layer in plain.layers
                        if isinstance(layer, lq.layers.QuantConv2D))

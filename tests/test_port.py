@@ -3,7 +3,7 @@
 The fixture (tests/fixtures/rbnn_official_resnet20, see its README) was made by running the
 authors' code (lmbxmu/RBNN, ``resnet20_1w1a``) on CPU: its state dict, 16 inputs, their
 eval-mode logits and the binary kernels sign(w3) of all 18 binary convs. The ImageNet
-layout has no such fixture; it is checked against :func:`reference_forward`, methods.md
+layout has no such fixture; it is checked against :func:`reference_forward`, docs/methods/rbnn.md
 §1.7 written in NumPy with PyTorch's semantics, itself checked against the fixture.
 """
 
@@ -267,7 +267,7 @@ def torch_max_pool(x, size, stride, pad):
 
 
 def reference_forward(sd, x, arch):
-    """The official RBNN networks' eval forward (methods.md §1.3, §1.7a/e; the fixture's
+    """The official RBNN networks' eval forward (docs/methods/rbnn.md#what-the-layer-computes, #architectures; the fixture's
     README), float64, NCHW: unbiased std, torch.sign (sign(0) = 0), symmetric padding."""
     sd = {k: v.astype(np.float64) for k, v in sd.items()}
 
@@ -340,8 +340,8 @@ def trained_looking_official(arch, input_shape=(32, 32, 3), classes=1000):
 @pytest.mark.parametrize("arch, binary_convs", [("resnet18", 16), ("resnet34", 32)])
 def test_imagenet_names_and_shapes(arch, binary_convs):
     """Names as the official models_imagenet/resnet.py would give them (derived from
-    methods.md §1.7e and PyTorch's conventions: ``downsample.0`` conv, ``downsample.1``
-    BN, ``fc``; the file itself was not available), shapes from methods.md's tables."""
+    docs/methods/rbnn.md#architectures and PyTorch's conventions: ``downsample.0`` conv, ``downsample.1``
+    BN, ``fc``; the file itself was not available), shapes from docs/methods/rbnn.md#what-the-layer-computes."""
     sd = port.rbnn_state_dict(trained_looking_official(arch))
     assert sum(name.endswith(".R1") for name in sd) == binary_convs
     assert [n for n in sd if "downsample" in n and n.endswith("weight")] == [
@@ -351,7 +351,7 @@ def test_imagenet_names_and_shapes(arch, binary_convs):
     assert sd["layer4.1.conv1.alpha"].shape == (512, 1, 1) and sd["layer4.1.conv1.rotate"].shape == (512, 1, 1, 1)
     rotations = {(name.split(".")[0], sd[name].shape, sd[name.replace("R1", "R2")].shape)
                  for name in sd if name.endswith("conv2.R1")}
-    # methods.md §1.3: C_in = 64, 128, 256, 512 → (24, 24), (32, 36), (48, 48), (64, 72)
+    # docs/methods/rbnn.md#what-the-layer-computes: C_in = 64, 128, 256, 512 → (24, 24), (32, 36), (48, 48), (64, 72)
     assert rotations == {("layer1", (24, 24), (24, 24)), ("layer2", (32, 32), (36, 36)),
                          ("layer3", (48, 48), (48, 48)), ("layer4", (64, 64), (72, 72))}
     assert port.detect_arch(sd) == arch

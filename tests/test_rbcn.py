@@ -1,4 +1,4 @@
-"""RBCN (methods.md §3): rectified conv and kernel loss, adversarial trainer, BN pass, export, recipe."""
+"""RBCN (docs/methods/rbcn.md): rectified conv and kernel loss, adversarial trainer, BN pass, export, recipe."""
 
 import numpy as np
 import pytest

@@ -1,4 +1,4 @@
-"""RBNN (methods.md §1): rotations, the training-aware sign, gradient flow, export, training."""
+"""RBNN (docs/methods/rbnn.md): rotations, the training-aware sign, gradient flow, export, training."""
 
 import math
 
@@ -183,7 +183,7 @@ def test_info_reports_the_paper_numbers():
 
 
 def reference_forward(layer, x):
-    """methods.md §1.11 written again in NumPy, reference (OIHW) layout, +1 padding."""
+    """docs/methods/rbnn.md#what-the-layer-computes written again in NumPy, reference (OIHW) layout, +1 padding."""
     w = layer.kernel.numpy().transpose(3, 2, 0, 1)  # OIHW
     co, ci, kh, kw = w.shape
     rows = w.reshape(co, -1)

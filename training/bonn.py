@@ -1,4 +1,4 @@
-"""The BONN training recipe (methods.md §2.6), on any TFDS dataset of the data layer.
+"""The BONN training recipe (docs/methods/bonn.md#recipe), on any TFDS dataset of the data layer.
 
 The book gives the loss weights, not the optimizer of the binary runs; the spec's
 choices are used: SGD momentum 0.9, learning rate 0.1, cosine annealing to 0 stepped per

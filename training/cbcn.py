@@ -1,4 +1,4 @@
-"""The CBCN training recipe (methods.md §4.4), on any TFDS dataset of the data layer.
+"""The CBCN training recipe (docs/methods/cbcn.md#recipe), on any TFDS dataset of the data layer.
 
 The reference settings: SGD momentum 0.9, learning rate 0.1 divided by 10 every 20 of
 90 epochs (the code's 20, not its comment's 30), weight decay 1e-4 on **every**

@@ -202,7 +202,7 @@ def train(model_name: str, dataset: str, *, epochs: int | None = None, batch_siz
         "train_seconds": round(seconds, 1),
         **({"builder_kwargs": builder_kwargs} if builder_kwargs else {}),
         "validation": "held-out training images" if val_split is not None else "test split",
-        "best_val_accuracy": max(accuracies, default=None),  # the reference protocol (methods.md §0.3)
+        "best_val_accuracy": max(accuracies, default=None),  # the reference protocol (docs/methods/conventions.md#batchnorm-initialisers-and-weight-decay)
         "final_val_accuracy": accuracies[-1] if accuracies else None,
         "bn_recalibration": recalibration,
         "history": history,

@@ -1,4 +1,4 @@
-"""The RBCN training recipe (methods.md §3.4, §3.6), on any TFDS dataset of the data layer.
+"""The RBCN training recipe (docs/methods/rbcn.md#recipe), on any TFDS dataset of the data layer.
 
 The paper's schedule was not recovered; the spec's choice is the zoo's Bi-Real baseline
 setting (the default recipe): SGD momentum 0.9, learning rate 0.1 with cosine annealing

@@ -1,4 +1,4 @@
-"""The RBNN training recipe (methods.md §1.8), on any TFDS dataset of the data layer.
+"""The RBNN training recipe (docs/methods/rbnn.md#recipe), on any TFDS dataset of the data layer.
 
 Paper settings by default: SGD momentum 0.9, learning rate 0.1, weight decay 1e-4 on
 **every** parameter (coupled, PyTorch-style), cross-entropy; CIFAR-style models train

@@ -116,7 +116,7 @@ class KnowledgeDistillation:
 
 
 class FeatureMatching:
-    """``weight · Σ_taps mean((R − T)²) / 2``: the feature MSE ``L_Data`` of methods.md §3.3."""
+    """``weight · Σ_taps mean((R − T)²) / 2``: the feature MSE ``L_Data`` of docs/methods/rbcn.md#losses-and-updates."""
 
     name = "feature_loss"
 

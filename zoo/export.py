@@ -1,4 +1,4 @@
-"""``to_inference``: the one export mechanism every method extends (methods.md §0.5).
+"""``to_inference``: the one export mechanism every method extends (docs/methods/conventions.md#inference-contract).
 
 It rebuilds a trained functional model with every binary training layer replaced by a
 plain Larq ``QuantConv2D`` (``ste_sign`` input and kernel quantizers, a ±1 kernel, no
@@ -108,7 +108,7 @@ def _following_batch_norm(model: keras.Model, layer: keras.layers.Layer) -> str:
 
 
 def _folded_bn_weights(bn: keras.layers.BatchNormalization, alpha: np.ndarray):
-    """BN after a per-channel scale α ≥ 0 as one BN (methods.md §0.5)."""
+    """BN after a per-channel scale α ≥ 0 as one BN (docs/methods/conventions.md#inference-contract)."""
     weights = dict(zip((w.name.split("/")[-1].split(":")[0] for w in bn.weights), bn.get_weights()))
     channels = alpha.shape[0]
     gamma = weights.get("gamma", np.ones(channels, np.float32))

@@ -7,7 +7,7 @@ import tf_keras as keras
 
 class _CoupledDecay:
     """PyTorch's weight decay: ``g ← g + wd·v`` for every trainable variable (BN γ/β,
-    scales, angles, biases included) before the update rule (methods.md §0.3), except
+    scales, angles, biases included) before the update rule (docs/methods/conventions.md#batchnorm-initialisers-and-weight-decay), except
     the variables named with Keras' ``optimizer.exclude_from_weight_decay(var_list=...)``.
 
     Keras' ``weight_decay`` is decoupled and regularizers reach kernels only; RBNN

@@ -109,7 +109,7 @@ def model_input(
 
 
 def batch_norm(name: str) -> keras.layers.BatchNormalization:
-    """PyTorch BN defaults ported to Keras (momentum 0.9, epsilon 1e-5; methods.md §0.3)."""
+    """PyTorch BN defaults ported to Keras (momentum 0.9, epsilon 1e-5; docs/methods/conventions.md#batchnorm-initialisers-and-weight-decay)."""
     return keras.layers.BatchNormalization(momentum=0.9, epsilon=1e-5, name=name)
 
 

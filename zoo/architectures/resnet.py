@@ -1,6 +1,6 @@
 """ResNets: ImageNet-style ResNet-18/34 and CIFAR-style ResNet-18/20, for any scheme.
 
-The layouts are those of the RBNN reference code (methods.md §1.7), which the other
+The layouts are those of the RBNN reference code (docs/methods/rbnn.md#architectures), which the other
 methods of the zoo share:
 
 * ImageNet-style (``resnet18``, ``resnet34``; He et al., CVPR 2016, in the Bi-Real
@@ -156,7 +156,7 @@ def build_resnet(
 
 
 def resnet18(scheme, **kwargs):
-    """ResNet-18, ImageNet-style (Bi-Real layout, methods.md §1.7e)."""
+    """ResNet-18, ImageNet-style (Bi-Real layout, docs/methods/rbnn.md#architectures)."""
     return build_resnet(
         scheme, RESNET18, stem="imagenet", blocks_per_stage=(2, 2, 2, 2),
         widths=(64, 128, 256, 512), shortcut_kind="float", **kwargs,
@@ -164,7 +164,7 @@ def resnet18(scheme, **kwargs):
 
 
 def resnet34(scheme, **kwargs):
-    """ResNet-34, ImageNet-style (Bi-Real layout, methods.md §1.7e)."""
+    """ResNet-34, ImageNet-style (Bi-Real layout, docs/methods/rbnn.md#architectures)."""
     return build_resnet(
         scheme, RESNET34, stem="imagenet", blocks_per_stage=(3, 4, 6, 3),
         widths=(64, 128, 256, 512), shortcut_kind="float", **kwargs,
@@ -172,7 +172,7 @@ def resnet34(scheme, **kwargs):
 
 
 def resnet18_cifar(scheme, *, widths=(64, 128, 256, 512), **kwargs):
-    """ResNet-18, CIFAR-style (methods.md §1.7c); ``widths`` gives the widened variants."""
+    """ResNet-18, CIFAR-style (docs/methods/rbnn.md#architectures); ``widths`` gives the widened variants."""
     return build_resnet(
         scheme, RESNET18_CIFAR, stem="cifar", blocks_per_stage=(2, 2, 2, 2),
         widths=tuple(widths), shortcut_kind="binary", **kwargs,
@@ -180,7 +180,7 @@ def resnet18_cifar(scheme, *, widths=(64, 128, 256, 512), **kwargs):
 
 
 def resnet20(scheme, **kwargs):
-    """ResNet-20, CIFAR-style with option-A shortcuts (methods.md §1.7a/b)."""
+    """ResNet-20, CIFAR-style with option-A shortcuts (docs/methods/rbnn.md#architectures)."""
     return build_resnet(
         scheme, RESNET20, stem="cifar_act", blocks_per_stage=(3, 3, 3),
         widths=(16, 32, 64), shortcut_kind="option_a", **kwargs,

@@ -1,4 +1,4 @@
-"""The CIFAR-style ResNet-18s of RBCN's width table (BNN book Table 3.3, methods.md §3.5).
+"""The CIFAR-style ResNet-18s of RBCN's width table (BNN book Table 3.3, docs/methods/rbcn.md#reported-results).
 
 ``resnet18_cifar`` with stage widths 32-32-64-128, 32-64-128-256 and 64-64-128-256
 (stem as wide as the first stage), CIFAR-100 heads by default: the models the RBCN

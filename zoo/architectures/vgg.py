@@ -2,7 +2,7 @@
 
 3x3 float stem (128) + BN + activation, then five binary 3x3 convs (128, 256, 256, 512,
 512) with a 2x2 max-pool after the 1st, 3rd and 5th, each followed by BN and the
-activation (conv -> [pool] -> BN -> act, methods.md §1.7d), flatten, float dense.
+activation (conv -> [pool] -> BN -> act, docs/methods/rbnn.md#architectures), flatten, float dense.
 """
 
 from __future__ import annotations

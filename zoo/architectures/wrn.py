@@ -1,6 +1,6 @@
 """Wide ResNets WRN-22 and WRN-40, CIFAR-style (Zagoruyko & Komodakis, BMVC 2016).
 
-The BONN ablation (methods.md §2.6–2.7, BNN-book Table 3.4) trains WRN-22 and WRN-40 on
+The BONN ablation (docs/methods/bonn.md#reported-results, BNN-book Table 3.4) trains WRN-22 and WRN-40 on
 CIFAR; the widths it used were not recovered. These builders are the standard
 WRN-d-k: a 3x3 float stem of 16 channels, three stages of (d − 4) / 6 basic blocks of
 16k, 32k, 64k channels (stride 2 at stages 2 and 3), a float 1x1 conv + BN shortcut

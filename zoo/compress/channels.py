@@ -1,6 +1,6 @@
 """Channel (filter) pruning with HRank's criterion: a physically narrower model.
 
-HRank (Lin et al., CVPR 2020; methods.md §6.1) runs a few batches through the trained
+HRank (Lin et al., CVPR 2020; docs/compression.md#channel-pruning-hrank) runs a few batches through the trained
 network, computes the matrix rank of every filter's H×W feature map, averages it over the
 images and removes the filters of lowest average rank; the kept filters keep their weights
 and the network is fine-tuned. Removing a filter of a binary conv removes binary MACs

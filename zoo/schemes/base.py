@@ -23,7 +23,7 @@ from zoo.layers import HardTanh
 
 @dataclasses.dataclass(frozen=True)
 class Reported:
-    """A result reported by the method's paper or reference code (see methods.md)."""
+    """A result reported by the method's paper or reference code (see docs/methods/<method>.md#reported-results)."""
 
     arch: str
     dataset: str
@@ -35,7 +35,7 @@ class Reported:
 
 @dataclasses.dataclass(frozen=True)
 class BinaryExport:
-    """What one binary training layer is at inference (methods.md §0.5).
+    """What one binary training layer is at inference (docs/methods/conventions.md#inference-contract).
 
     ``kernel`` is the ±1 HWIO kernel, ``scale`` the per-output-channel factor (any sign)
     that multiplies the conv output and is folded into the following BatchNormalization,
@@ -187,7 +187,7 @@ class Scheme:
     activation: str = "hardtanh"
     #: Bi-Real layout: a real-valued shortcut around every binary conv of a CIFAR block
     shortcut_every_conv: bool = False
-    #: padding value of binary convs: 1.0 is LCE's fast path (methods.md §0.4 [choice])
+    #: padding value of binary convs: 1.0 is LCE's fast path (docs/methods/conventions.md#padding [choice])
     pad_values: float = 1.0
     #: every feature-map width of the architecture (stem, stages, shortcuts) times this;
     #: CBCN's N orientation channels per base channel make its networks N× wide
@@ -222,7 +222,7 @@ class Scheme:
 
 
 def conv_initializer() -> keras.initializers.Initializer:
-    """PyTorch ``kaiming_normal_`` (fan_in, ReLU gain, untruncated; methods.md §0.3)."""
+    """PyTorch ``kaiming_normal_`` (fan_in, ReLU gain, untruncated; docs/methods/conventions.md#batchnorm-initialisers-and-weight-decay)."""
     return keras.initializers.VarianceScaling(2.0, "fan_in", "untruncated_normal")
 
 

@@ -9,7 +9,7 @@ binary conv of a block has its own real-valued shortcut.
 
 from zoo.schemes.base import LarqBinaryScheme, Reported
 
-_TABLE_3_3 = "BNN-book Table 3.3 (Bi-Real baseline of the RBCN ablation; methods.md §3.5)"
+_TABLE_3_3 = "BNN-book Table 3.3 (Bi-Real baseline of the RBCN ablation; docs/methods/rbcn.md#reported-results)"
 
 
 class BiReal(LarqBinaryScheme):

@@ -1,4 +1,4 @@
-"""BONN — Bayesian Optimized 1-bit CNNs (methods.md §2), all of it in one place.
+"""BONN — Bayesian Optimized 1-bit CNNs (docs/methods/bonn.md), all of it in one place.
 
 Gu, Zhao, Jiang, Zhang, Liu, Guo, Ji, "Bayesian Optimized 1-Bit CNNs", ICCV 2019
 (arXiv 1908.06314); equations as reproduced in Zhang et al., *Binary Neural Networks*
@@ -27,7 +27,7 @@ layer. This module holds:
 * the export rule: ``sign(w∘k)`` as the ±1 kernel, ``1/w̄`` folded into the following
   BN — nothing of the priors survives.
 
-Choices where the spec leaves it open (each a [choice] of methods.md §2): ν = 1; the
+Choices where the spec leaves it open (each a [choice] of docs/methods/bonn.md#deviations-from-the-paper): ν = 1; the
 activation backward is the clipped STE (Larq ``ste_sign``); ``σ = softplus(ρ)``;
 ``w`` starts at 1 (every weight inside the STE window), μ_i at ``mean|k_i|``, σ_i at ``std|k_i|``;
 ``1/w̄`` is not differentiated; the feature loss is averaged over the batch, uses the
@@ -56,7 +56,7 @@ CENTRE_RATE = 0.5
 #: lower bound of the initial σ, for filters whose |k| has no spread (a single weight)
 _MIN_INITIAL_SIGMA = 1e-3
 
-_BOOK = "BNN-book Table 3.4 (ablation; WRN widths not recovered), methods.md §2.7"
+_BOOK = "BNN-book Table 3.4 (ablation; WRN widths not recovered), docs/methods/bonn.md#reported-results"
 
 
 def sign(x):
@@ -314,7 +314,7 @@ class BONN(Scheme):
     paper = "Gu et al., Bayesian Optimized 1-Bit CNNs, ICCV 2019"
     activation = "hardtanh"
     reported = (
-        Reported("resnet18", "imagenet2012", 59.40, "BONN-test-README (released checkpoint), methods.md §2.7"),
+        Reported("resnet18", "imagenet2012", 59.40, "BONN-test-README (released checkpoint), docs/methods/bonn.md#reported-results"),
         Reported("wrn22", "cifar10", 87.34, _BOOK, note="λ=1e-4, θ=1e-2"),
         Reported("wrn22", "cifar100", 60.91, _BOOK, note="λ=1e-4, θ=1e-4"),
         Reported("wrn40", "cifar10", 87.41, _BOOK, note="λ=1e-4, θ=1e-4"),

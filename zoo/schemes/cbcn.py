@@ -1,4 +1,4 @@
-"""CBCN — Circulant Binary Convolutional Networks (methods.md §4), all of it in one place.
+"""CBCN — Circulant Binary Convolutional Networks (docs/methods/cbcn.md), all of it in one place.
 
 Liu, Ding, Xia, Zhang, Gu, Liu, Ji, Doermann, "Circulant Binary Convolutional Networks:
 Enhancing the Performance of 1-bit DCNNs with Circulant Back Propagation", CVPR 2019
@@ -22,11 +22,11 @@ form a circulant matrix, the circulant filter. This module holds:
 * the export rule: ``K`` materialised once as the ±1 kernel of an ordinary
   ``QuantConv2D`` (N·C_in → N·C_out), α folded into the following BN, so LCE runs it as
   ``LceBconv2d`` (it does not exploit the circulant structure: 16× the binary MACs);
-* :class:`CentreLossModel` — the optional centre-loss fine-tune (methods.md §4.4 [choice]:
+* :class:`CentreLossModel` — the optional centre-loss fine-tune (docs/methods/cbcn.md#recipe [choice]:
   ``½‖f − c_y‖²`` on the classifier's input feature, weight 1e-3, centre rate 0.5; the
   centre update is BONN's, :func:`zoo.schemes.bonn.centre_update`).
 
-Deviations, each a [choice] of methods.md or of the zoo: binary convs pad with +1 (LCE's
+Deviations, each a [choice] of docs/methods/cbcn.md#deviations-from-the-paper or of the zoo: binary convs pad with +1 (LCE's
 fast path, §0.4) rather than 0; BN initialisation is the zoo's (γ = 1) rather than
 U(0, 1); the ResNets are the zoo's shared layouts (ImageNet-style: a real shortcut around
 every binary conv, float 1×1 *stride-2* conv + BN where the shape changes and a BN before
@@ -46,14 +46,14 @@ from zoo.schemes.base import BinaryExport, Reported, Scheme, conv_output_shape, 
 from zoo.schemes.bonn import centre_update
 
 ORIENTATIONS = 4
-#: the centre-loss fine-tune of methods.md §4.4 [choice]: loss weight and centre rate
+#: the centre-loss fine-tune of docs/methods/cbcn.md#recipe [choice]: loss weight and centre rate
 CENTRE_LOSS_WEIGHT = 1e-3
 CENTRE_RATE = 0.5
-_README = "abstract + CBCN-code README, methods.md §4.6"
+_README = "abstract + CBCN-code README, docs/methods/cbcn.md#reported-results"
 
 
 def circulant_index(orientations: int, kernel_size: int) -> np.ndarray:
-    """The gather table of the circulant filter, shape ``(k, k, N, N)`` (methods.md §4.2).
+    """The gather table of the circulant filter, shape ``(k, k, N, N)`` (docs/methods/cbcn.md#circulant-filter).
 
     Entry ``[y, x, o', r]`` is the flat index, into one base filter ``V[i, j]`` of shape
     ``(N, k, k)``, of the weight that tap ``(y, x)`` of output rotation ``r`` and input
@@ -83,7 +83,7 @@ def circulant_kernel(latent, index: np.ndarray):
 
 @keras.utils.register_keras_serializable(package="zoo")
 class CirculantBinaryConv2D(keras.layers.Layer):
-    """The circulant binary convolution (methods.md §4.2–4.3, §4.7), NHWC.
+    """The circulant binary convolution (docs/methods/cbcn.md#what-the-layer-computes), NHWC.
 
     ``filters`` is the number of output channels, ``N·C_out``; the input must have
     ``N·C_in`` channels. The one variable is the latent ``V`` of shape
@@ -185,7 +185,7 @@ def centre_loss(features, centres, labels):
 
 
 class CentreLossModel(keras.Model):
-    """A classifier trained with cross-entropy + ``weight`` × centre loss (methods.md §4.4).
+    """A classifier trained with cross-entropy + ``weight`` × centre loss (docs/methods/cbcn.md#recipe).
 
     The centre loss acts on the classifier's input feature (the input of the layer
     ``predictions``: in the reference ResNet-18 the 2048-d pooled feature). The class

@@ -1,4 +1,4 @@
-"""RBCN — Rectified Binary Convolutional Networks (methods.md §3), all of it in one place.
+"""RBCN — Rectified Binary Convolutional Networks (docs/methods/rbcn.md), all of it in one place.
 
 Liu, Ding, Xia, Hu, Zhang, Liu, Zhuang, Guo, "RBCN: Rectified Binary Convolutional
 Networks for Enhancing the Performance of 1-bit DCNNs", IJCAI 2019 (arXiv 1908.07748);
@@ -36,7 +36,7 @@ module holds:
   after which ``zoo.to_inference`` works. Build it with the architecture builder:
   ``registry.get_model_spec("rbcn_resnet20").architecture.builder(RBCN("faithful"), ...)``.
 
-Other [choice]s of methods.md §3.4/§3.6 (not recovered from the paper): λ₁ = 1e-4; C
+Other [choice]s of docs/methods/rbcn.md#deviations-from-the-paper (not recovered from the paper): λ₁ = 1e-4; C
 initialised to the kernel loss's minimiser at the initial W (``mean |W|`` over the axes C
 is shared on); η₂ = η₁; taps = the output of each stage; discriminators fed the
 globally pooled feature vector, trained with Adam(1e-4, β = (0.5, 0.999)); a
@@ -69,7 +69,7 @@ DISCRIMINATOR_LEARNING_RATE = 1e-4
 LEAKY_SLOPE = 0.2
 BN_RETRAINING_FRACTION = 0.1
 
-_TABLE_3_3 = "BNN-book Table 3.3 (methods.md §3.5)"
+_TABLE_3_3 = "BNN-book Table 3.3 (docs/methods/rbcn.md#reported-results)"
 
 
 # -- the rectified binary conv ------------------------------------------------------------
@@ -423,7 +423,7 @@ class RBCN(Scheme):
                  note="ablation: Bi-Real 63.11, +RBConv 63.49, +GAN 64.93, +BN update 65.38"),
         Reported("resnet18_cifar_64_64_128_256", "cifar100", 66.27, _TABLE_3_3,
                  note="ablation: Bi-Real 63.81, +RBConv 64.13, +GAN 65.02, +BN update 66.27"),
-        Reported("resnet18", "imagenet2012", 59.5, "secondary literature (methods.md §3.5)", top5=81.6,
+        Reported("resnet18", "imagenet2012", 59.5, "secondary literature (docs/methods/rbcn.md#reported-results)", top5=81.6,
                  note="[unverified]: not an acceptance anchor"),
     )
 

@@ -1,4 +1,4 @@
-"""RBNN — Rotated Binary Neural Network (methods.md §1), all of it in one place.
+"""RBNN — Rotated Binary Neural Network (docs/methods/rbnn.md), all of it in one place.
 
 Lin, Ji, Xu, Zhang, Wang, Wu, Huang, Lin, "Rotated Binary Neural Network", NeurIPS 2020
 (arXiv 2009.13055); reference code lmbxmu/RBNN.
@@ -19,7 +19,7 @@ epoch-dependent smooth approximation. This module holds:
 * the export rule: ``sign(w̃)`` as the ±1 kernel, α folded into the following BN, and
   the activation centring kept as a :class:`CenterActivations` pre-op (§1.10).
 
-Deviations, each a [choice] of methods.md: ε = 1e-8 / 1e-5 in the weight / activation
+Deviations, each a [choice] of docs/methods/rbnn.md#deviations-from-the-paper: ε = 1e-8 / 1e-5 in the weight / activation
 std; rotations updated persistently every epoch (the reference's 4-GPU ImageNet runs
 lost them, §1.4); binary convs pad with +1 (LCE's fast path, §0.4) rather than 0. BatchNorm γ
 starts as the reference's (:meth:`RBNN.initialize`). The ``*_official`` architectures pad as
@@ -44,7 +44,7 @@ ACTIVATION_STD_EPS = 1e-5
 ROTATION_SWEEPS = 3
 _SQRT2 = math.sqrt(2.0)
 
-_README = "RBNN-README (paper data), methods.md §1.9"
+_README = "RBNN-README (paper data), docs/methods/rbnn.md#reported-results"
 
 
 def sign_schedule(epoch: int, epochs: int) -> dict[str, float]:
@@ -129,7 +129,7 @@ class CenterActivations(keras.layers.Layer):
 
 @keras.utils.register_keras_serializable(package="zoo")
 class RBNNConv2D(keras.layers.Layer):
-    """The RBNN binary conv (methods.md §1.3, pseudo-code §1.11), NHWC / HWIO.
+    """The RBNN binary conv (docs/methods/rbnn.md#what-the-layer-computes), NHWC / HWIO.
 
     Variables: ``kernel`` (HWIO, trainable), ``alpha`` and ``theta`` (per output
     channel, trainable; θ starts at π/2 in float32, so the latent weights get no task

@@ -1,4 +1,4 @@
-"""Binary architecture search with Keras Tuner (methods.md §5: BNAS, CP-NAS, BARS).
+"""Binary architecture search with Keras Tuner (docs/search.md#spaces: BNAS, CP-NAS, BARS).
 
 >>> from zoo.search import run_search
 >>> summary = run_search(space="bars", dataset="fashion_mnist", budget="binary_macs=20M",

@@ -4,7 +4,7 @@ Every binary op is built from the scheme's own binary conv (``scheme.conv``), fo
 the zoo's BatchNormalization, so a searched network trains with the scheme's machinery and
 exports through ``zoo.to_inference`` like the hand-made ones: each binary conv becomes a
 ±1 ``QuantConv2D`` and, in LCE, an ``LceBconv2d``. The op names follow BNAS's set
-(methods.md §5.1) with its separable convs replaced by plain and grouped binary convs:
+(docs/search.md#spaces) with its separable convs replaced by plain and grouped binary convs:
 
 ==============  ==================================================================
 ``bconv3x3``    binary 3×3 conv + BN

@@ -1,12 +1,12 @@
 """The search spaces: how Keras Tuner hyperparameters become a scheme and a genotype.
 
-``bnas`` — the BNAS / CP-NAS cell space (methods.md §5.1, §5.2): one searched cell of
+``bnas`` — the BNAS / CP-NAS cell space (docs/search.md#spaces): one searched cell of
 4 nodes with 2 edges each (each edge: an input among the cell input and earlier nodes,
 and an op of BNAS's set with binary convs), repeated ``L`` times; width ``C`` doubling at
 the reductions placed, as in BNAS, before cells ``⌊L/3⌋`` and ``⌊2L/3⌋``; one searched
 downsampling for both reductions; the float 3×3 stem.
 
-``bars`` — the BARS two-level space (methods.md §5.3): a macro layout (stem stride;
+``bars`` — the BARS two-level space (docs/search.md#spaces): a macro layout (stem stride;
 per stage its depth, its width and how it downsamples — binary or float 1×1 shortcut, or
 none) and a micro cell of 2 nodes × 2 edges among binary convs, pooling and identity.
 
