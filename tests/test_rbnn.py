@@ -196,8 +196,8 @@ def reference_forward(layer, x):
     binary_w = np.where(xw + s * (rotated - xw) >= 0, 1.0, -1.0).reshape(co, ci, kh, kw)
     centered = x - x.mean(axis=(1, 2, 3), keepdims=True)
     std = centered.reshape(len(x), -1).std(axis=1, ddof=1)[:, None, None, None]
-    binary_x = np.pad(np.where(centered / (std + 1e-5) >= 0, 1.0, -1.0), [(0, 0), (1, 1), (1, 1), (0, 0)],
-                      constant_values=1.0)
+    standardized = centered / (std + rbnn.ACTIVATION_STD_EPS)
+    binary_x = np.pad(np.where(standardized >= 0, 1.0, -1.0), [(0, 0), (1, 1), (1, 1), (0, 0)], constant_values=1.0)
     out = np.zeros((len(x), x.shape[1], x.shape[2], co))
     for i in range(x.shape[1]):
         for j in range(x.shape[2]):
@@ -310,3 +310,17 @@ def test_batch_norm_gamma_starts_as_the_reference_initialises_it(name, expected)
         assert np.all((values >= 0) & (values < 1)) and values.std() > 0.1
     if expected == "tiny":
         np.testing.assert_array_equal(body, np.float32(1e-8))
+
+
+def test_with_the_references_tiny_gamma_the_gradients_reach_the_first_blocks():
+    """γ = 1e-8 makes every block's output ~1e-8; the per-sample standardisation in front of
+    each binary conv must undo that scale backwards too, as the reference's plain division by
+    the std does (an ε of 1e-5 in it shrank the first blocks' gradients ~400x and the network
+    did not learn)."""
+    model = zoo.load("rbnn_resnet20", weights=None, input_shape=(28, 28, 1), classes=10)
+    x, y = random_pixels((28, 28, 1), batch=32), np.arange(32) % 10
+    with tf.GradientTape() as tape:
+        loss = keras.losses.sparse_categorical_crossentropy(y, model(x, training=True))
+    first, last = tape.gradient(loss, [model.get_layer(name).gamma
+                                       for name in ("stage1_block1_bn1", "stage3_block3_bn2")])
+    assert float(tf.norm(first)) > 0.05 * float(tf.norm(last))
