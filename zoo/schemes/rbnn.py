@@ -21,9 +21,10 @@ epoch-dependent smooth approximation. This module holds:
 
 Deviations, each a [choice] of docs/methods/rbnn.md#deviations-from-the-paper: ε = 1e-8 / 1e-12
 in the weight / activation std (the activation ε far below any std: the reference has none);
-rotations updated persistently every epoch (the reference's 4-GPU ImageNet runs lost them, §1.4); binary convs pad with +1 (LCE's fast path, §0.4) rather than 0. BatchNorm γ
-starts as the reference's (:meth:`RBNN.initialize`). The ``*_official`` architectures pad as
-the reference does, for checkpoints ported with :mod:`zoo.port`.
+rotations updated persistently every epoch (the reference's 4-GPU ImageNet runs lost them,
+§1.4); binary convs pad with +1 (LCE's fast path, §0.4) rather than 0. BatchNorm γ starts as
+the reference's (:meth:`RBNN.initialize`). The ``*_official`` architectures pad as the
+reference does, for checkpoints ported with :mod:`zoo.port`.
 """
 
 from __future__ import annotations
