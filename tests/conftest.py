@@ -35,6 +35,20 @@ def fashion_mnist_data_dir(tmp_path_factory):
 
 
 @pytest.fixture(autouse=True)
+def freed_models():
+    """Frees each test's models after it: Keras keeps the symbolic graph of every model
+    built and its layer-name counters until the session is cleared, across all the tests
+    a pytest-xdist worker runs."""
+    yield
+    import gc
+
+    import tf_keras as keras
+
+    keras.backend.clear_session()
+    gc.collect()
+
+
+@pytest.fixture(autouse=True)
 def seeded():
     """Fixed seeds: a binary net amplifies a float-rounding sign flip of a near-zero
     pre-activation into a visibly different output, so parity checks use fixed weights."""
