@@ -23,7 +23,8 @@ def check_flags(args) -> None:
     """Refuses flags the run cannot honour before anything is built or written (ValueError
     naming the flag): no silent substitute for a bad value, no empty run directory."""
     given = {"epochs": args.epochs, "batch_size": args.batch_size, "train_images": args.train_images,
-             "test_images": args.test_images, "seed": args.seed, "method": args.recipe}
+             "test_images": args.test_images, "val_images": args.val_images, "seed": args.seed, "method": args.recipe,
+             "learning_rate": args.learning_rate, "weight_decay": args.weight_decay}
     check_settings(given, _flag)
     if args.train_images is not None and args.batch_size is None and not args.resume:  # the recipe's batch
         batch_size = recipe_for(args.model, args.epochs, method=args.recipe).batch_size
@@ -45,8 +46,9 @@ def run(args) -> int:
     try:
         train(args.model, args.dataset, epochs=args.epochs, batch_size=args.batch_size, method=args.recipe,
               data_dir=args.data_dir, output=output, resume=args.resume, strategy=args.strategy,
-              teacher=args.teacher, train_images=args.train_images, test_images=args.test_images, seed=args.seed,
-              export=not args.no_export,
+              teacher=args.teacher, train_images=args.train_images, test_images=args.test_images,
+              val_images=args.val_images, seed=args.seed, optimizer=args.optimizer, learning_rate=args.learning_rate,
+              weight_decay=args.weight_decay, schedule=args.schedule, export=not args.no_export,
               verbose=0 if args.quiet else 1 if sys.stdout.isatty() else 2)  # a log file: a line per epoch
     except TrainingDiverged as err:
         print(f"zoo train: {err}", file=sys.stderr)

@@ -117,6 +117,7 @@ def train(model_name: str, dataset: str, *, epochs: int | None = None, batch_siz
                  "batch_size": batch_size, "train_images": train_images, "teacher": teacher, "seed": seed,
                  "val_images": val_images, "optimizer": optimizer, "learning_rate": learning_rate,
                  "weight_decay": weight_decay, "schedule": schedule}
+    checkpoint.check_settings(requested)  # the Python API refuses what the CLI refuses (epochs=0, ...)
     out = Path(output) if output is not None else None
     if builder_kwargs and out is not None:
         raise ValueError("builder_kwargs are for runs without an output directory: the run's checkpoints, "

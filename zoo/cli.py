@@ -240,6 +240,15 @@ def build_parser() -> argparse.ArgumentParser:
     training.add_argument("--recipe", default=None, metavar="METHOD", help="train with another method's recipe")
     training.add_argument("--train-images", type=int, default=None, help="use the first N training images")
     training.add_argument("--test-images", type=int, default=None, help="evaluate on the first N test images")
+    training.add_argument("--val-images", type=int, default=None,
+                          help="hold out the last N training images for validation (the test split is then "
+                               "only measured); default: validate on the test split")
+    training.add_argument("--optimizer", choices=("sgd", "adam"), default=None, help="default: the recipe's")
+    training.add_argument("--learning-rate", type=float, default=None, help="default: the recipe's")
+    training.add_argument("--weight-decay", type=float, default=None,
+                          help="PyTorch-style (coupled) weight decay; default: the recipe's")
+    training.add_argument("--schedule", choices=("cosine", "step"), default=None,
+                          help="learning-rate schedule; default: the recipe's (step: CBCN's reference schedule)")
     training.add_argument("--seed", type=int, default=None, help="data order, augmentation, initialisation (0)")
     training.add_argument("--no-export", action="store_true",
                           help="skip the weights file, manifest entry and .tflite at the end (logs stay)")
