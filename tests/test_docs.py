@@ -6,7 +6,8 @@ against the argument parser of the program it calls (``zoo``, ``python -m ...``,
 ``python path.py``), with the model and dataset names it gives checked against the registry.
 A block is skipped only when the line before its fence says ``<!-- no-test: reason -->``;
 ``<!-- slow -->`` moves a python block to the slow test. The README's model table must be
-``scripts/model_table.py``'s output, and every ``docs/...md#anchor`` the code cites must exist.
+``scripts/model_table.py``'s output, and every docs page (and heading anchor) the code cites
+must exist.
 """
 
 from __future__ import annotations
