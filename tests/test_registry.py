@@ -218,3 +218,20 @@ def test_info_puts_the_papers_numbers_beside_the_shipped_weights_with_their_data
     assert "compare only within a dataset" in out
     assert any(line.split()[:5] == ["shipped", "weights", "'fashion_mnist'", "fashion_mnist", "(28,"]
                for line in out.splitlines())
+
+
+def test_pretrained_entries_name_their_outputs_in_order(tmp_path, monkeypatch, capsys):
+    entry = registry.pretrained_entry("bnn_resnet20", "fashion_mnist")
+    from zoo.data import dataset_info
+
+    assert entry.class_names == dataset_info("fashion_mnist")["class_names"]
+    assert zoo.info("bnn_resnet20")["pretrained"][0]["class_names"][9] == "Ankle boot"
+    assert cli.main(["info", "bnn_resnet20"]) == 0
+    assert "0 T-shirt/top, 1 Trouser" in capsys.readouterr().out
+
+    weights = tmp_path / "w.h5"
+    weights.write_bytes(b"only the manifest is read here")
+    write_manifest(tmp_path / "manifest.json", [manifest_entry("bnn_resnet20", weights, class_names=["a", "b"])])
+    monkeypatch.setenv("ZOO_MANIFEST", str(tmp_path / "manifest.json"))
+    with pytest.raises(registry.ManifestError, match="class_names must be a list of 10 names"):
+        registry.pretrained_entries("bnn_resnet20")

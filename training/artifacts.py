@@ -37,6 +37,7 @@ import numpy as np
 import tf_keras as keras
 
 from zoo import registry
+from zoo.data import dataset_info
 from zoo.export import binary_exports, to_inference
 from zoo.schemes.base import apply_storage_rules
 from zoo.weights import sha256_file
@@ -196,6 +197,7 @@ def export_run(model_name: str, dataset: str, output: Path, float32_file: Path, 
         sha256=sha256_file(weights_file), file=weights_file.name, size=weights_file.stat().st_size,
         metrics={"top1": round(100 * stored.correct / stored.test_images, 2), "test_images": stored.test_images},
         command=command, training=training or {},
+        class_names=tuple(dataset_info(dataset).get("class_names") or ()),
     ).as_dict()
 
     images, _ = first_examples(test_data, PARITY_IMAGES)

@@ -90,6 +90,10 @@ def cmd_info(args) -> int:
              for p in details["pretrained"]],
             ["tag", "dataset", "input shape", "classes", "command"],
         ))
+        for entry in details["pretrained"]:
+            if entry.get("class_names"):
+                print(f"outputs of '{entry['tag']}', in order: " + ", ".join(
+                    f"{i} {name}" for i, name in enumerate(entry["class_names"])))
     else:
         print("\nPretrained weights: none yet (zoo.load(..., weights=None) gives a randomly initialised model)")
     return 0

@@ -72,6 +72,8 @@ class PretrainedEntry:
     command: str = ""
     #: the budget and settings of the run that made the file (epochs, images, batch, seed, recipe)
     training: dict = dataclasses.field(default_factory=dict)
+    #: the names of the outputs, in order (what output i means)
+    class_names: tuple[str, ...] = ()
     manifest_dir: Path = Path(".")
 
     @property
@@ -85,7 +87,8 @@ class PretrainedEntry:
         row = dataclasses.asdict(self)
         row.pop("manifest_dir")
         row["input_shape"] = list(self.input_shape)
-        return {k: v for k, v in row.items() if v not in (None, {}, "")}
+        row["class_names"] = list(self.class_names)
+        return {k: v for k, v in row.items() if v not in (None, {}, "", [])}
 
 
 _MODELS: dict[str, ModelSpec] = {}
@@ -224,7 +227,11 @@ def _entry_from_row(row: dict, path: Path) -> PretrainedEntry:
         raise ManifestError(f"{where}: input_shape must be [height, width, channels], got {shape!r}.")
     if not _positive_int(classes):
         raise ManifestError(f"{where}: classes must be a positive integer, got {classes!r}.")
-    return PretrainedEntry(**{**row, "input_shape": tuple(shape)}, manifest_dir=path.parent)
+    names = row.get("class_names", [])
+    if not (isinstance(names, list) and all(isinstance(n, str) for n in names) and len(names) in (0, classes)):
+        raise ManifestError(f"{where}: class_names must be a list of {classes} names, got {names!r}.")
+    return PretrainedEntry(**{**row, "input_shape": tuple(shape), "class_names": tuple(names)},
+                           manifest_dir=path.parent)
 
 
 def _positive_int(value) -> bool:
