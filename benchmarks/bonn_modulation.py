@@ -3,10 +3,11 @@ same data order for every row; only ``w``'s starting value (and the optimizer) d
 
     python benchmarks/bonn_modulation.py --epochs 3 --train-images 15000
 
-``one`` is the zoo's choice (w = 1: the clipped STE window |w∘k| ≤ 1 covers every latent
-weight and the task gradient reaches k unscaled); ``inverse_mean`` is w = 1/mean|k| (the
-zoo's earlier choice: the gradient on k is multiplied by w, 10-21 here, and only weights
-with |k| ≤ mean|k| get any). ``bnn_resnet20`` trains beside them as the baseline. Rows:
+``inverse_mean`` is the zoo's choice, w = 1/mean|k| (w∘k on the scale of ±1 that the
+kernel loss pulls it to; the task gradient on k is multiplied by w, 10-21 here, and only
+weights with |k| ≤ mean|k| get any); ``one`` is w = 1 (the clipped STE window |w∘k| ≤ 1
+covers every latent weight and the task gradient reaches k unscaled, but the kernel loss's
+reconstruction term then pulls every |k| towards 1). ``bnn_resnet20`` trains beside them as the baseline. Rows:
 test accuracy per epoch (after the run, also with re-estimated BatchNorm statistics) and
 the share of binary weights whose sign changed during each epoch.
 """
@@ -56,9 +57,9 @@ class EpochProbe(keras.callbacks.Callback):
 def run(name: str, initialisation: str | None, optimizer: str, args, data, test_data, recalibration) -> dict:
     keras.utils.set_random_seed(0)
     model = zoo.load(name, weights=None, input_shape=(28, 28, 1), classes=10)
-    if initialisation == "inverse_mean":
-        for layer in bonn_layers(model):
-            layer.w.assign(tf.fill(layer.w.shape, 1.0 / tf.reduce_mean(tf.abs(layer.kernel))))
+    for layer in bonn_layers(model):
+        value = 1.0 if initialisation == "one" else 1.0 / tf.reduce_mean(tf.abs(layer.kernel))
+        layer.w.assign(tf.fill(layer.w.shape, value))
     overrides = ({"optimizer_name": "adam", "learning_rate": args.adam_learning_rate, "weight_decay": 0.0}
                  if optimizer == "adam" else {})
     recipe = recipe_for(name, args.epochs, args.batch_size, method="bonn", **overrides)
