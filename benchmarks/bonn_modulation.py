@@ -26,16 +26,12 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 import tf_keras as keras  # noqa: E402
 from common import markdown_table, parse_arguments, write_results  # noqa: E402
+from sign_flips import binary_kernels  # noqa: E402
 from training.loop import accuracy  # noqa: E402
 from training.recipe import recipe_for  # noqa: E402
-from zoo.export import binary_exports  # noqa: E402
 from zoo.schemes.bonn import bonn_layers  # noqa: E402
 
 INITIALISATIONS = ("one", "inverse_mean")
-
-
-def binary_kernels(model) -> np.ndarray:
-    return np.concatenate([export.kernel.ravel() for export in binary_exports(model).values()])
 
 
 class EpochProbe(keras.callbacks.Callback):
