@@ -202,7 +202,7 @@ def export_run(model_name: str, dataset: str, output: Path, float32_file: Path, 
 
     images, _ = first_examples(test_data, PARITY_IMAGES)
     tflite_file = output / f"{model_name}-{dataset}.tflite"
-    conversion = convert(shipped, tflite_file, verify_data=images).as_dict()
+    conversion = convert(shipped, tflite_file, verify_data=images, class_names=entry.get("class_names")).as_dict()
     conversion.update(file=tflite_file.name, keras_parity=keras_parity(shipped, images))
     del conversion["path"], conversion["model"]
     return {

@@ -116,6 +116,7 @@ def main(argv=None) -> dict:
 
     output_dir = Path(args.output or tempfile.mkdtemp(prefix="zoo-quickstart-"))
     conversion = zoo.convert(model, output_dir / f"{args.model}-digits.tflite", verify_data=x_test,
+                             class_names=[str(digit) for digit in range(10)],
                              verify_samples=len(x_test), progress=None if args.quiet else say)
     latency = zoo.benchmark(conversion.path, threads=1).results[0]
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import json
 import os
 import re
 import tempfile
@@ -42,6 +43,8 @@ TFLITE_IDENTIFIER = b"TFL3"
 #: where verification images and int8 calibration images come from by default: it is
 #: available offline (Debian's files), and any input shape is served by resizing
 DEFAULT_DATASET = "fashion_mnist"
+#: the name of the zoo's entry in a .tflite file's metadata table (JSON: ``class_names``)
+METADATA_NAME = "zoo"
 #: layers TF-MOT's quantization-aware training wraps a model's layers in
 _QAT_LAYERS = ("QuantizeWrapper", "QuantizeWrapperV2", "QuantizeLayer")
 
@@ -110,6 +113,7 @@ def convert(
     dataset: str = DEFAULT_DATASET,
     data_dir=None,
     allow_float_binary: bool = False,
+    class_names=None,
     progress: Callable[[str], None] | None = None,
     **load_kwargs,
 ) -> ConversionReport:
@@ -139,6 +143,8 @@ def convert(
       dataset, data_dir: the TFDS dataset (``zoo.load_dataset``) of the default images.
       allow_float_binary: accept binary layers that the converter did not make
         ``LceBconv2d`` (they then run as float convs); an error otherwise.
+      class_names: the names of the outputs, in order, written into the file's metadata
+        (:func:`read_metadata`); for a name with pretrained weights, default: the entry's.
       progress: called with a line of text at each step (the CLI prints them).
 
     Returns:
@@ -158,9 +164,54 @@ def convert(
             verify=verify, verify_data=verify_data, verify_samples=verify_samples, dataset=dataset,
             data_dir=data_dir, allow_float_binary=allow_float_binary, say=say, load_kwargs=load_kwargs,
         )
+        if class_names is None and isinstance(model_or_name, str):
+            class_names = _pretrained_class_names(model_or_name, weights)
+        if class_names:
+            flatbuffer = with_metadata(flatbuffer, {"class_names": [str(name) for name in class_names]})
         output.write(flatbuffer)
     say(f"wrote {path} ({len(flatbuffer) / 2**20:.2f} MiB)")
     return dataclasses.replace(report, path=str(path))
+
+
+def _pretrained_class_names(name: str, weights) -> tuple[str, ...]:
+    """The class names of the pretrained entry ``weights`` names (a tag or "default"), if any."""
+    from zoo import registry
+
+    entries = registry.pretrained_entries(name)
+    entry = next((e for e in entries if weights in (e.tag, "default")), None)
+    return entry.class_names if entry is not None else ()
+
+
+def with_metadata(flatbuffer: bytes, metadata: dict) -> bytes:
+    """``flatbuffer`` with ``metadata`` as JSON in its metadata table, under the name
+    :data:`METADATA_NAME`. Interpreters ignore it; an app reads it (e.g. the outputs' class
+    names) with any flatbuffer reader, or :func:`read_metadata`."""
+    import flatbuffers
+    from tensorflow.lite.python import schema_py_generated as schema
+
+    model = schema.ModelT.InitFromPackedBuf(flatbuffer, 0)
+    buffer = schema.BufferT()
+    buffer.data = np.frombuffer(json.dumps(metadata).encode(), np.uint8)
+    model.buffers.append(buffer)
+    entry = schema.MetadataT()
+    entry.name, entry.buffer = METADATA_NAME, len(model.buffers) - 1
+    model.metadata = [*(m for m in model.metadata or [] if m.name != METADATA_NAME.encode()), entry]
+    builder = flatbuffers.Builder(len(flatbuffer) + 1024)
+    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
+    return bytes(builder.Output())
+
+
+def read_metadata(path: str | os.PathLike) -> dict:
+    """The zoo's metadata of a ``.tflite`` file written by :func:`convert` ({} if none)."""
+    from tensorflow.lite.python import schema_py_generated as schema
+
+    data = Path(path).read_bytes()
+    model = schema.Model.GetRootAs(data, 0)
+    for i in range(model.MetadataLength()):
+        entry = model.Metadata(i)
+        if entry.Name() == METADATA_NAME.encode():
+            return json.loads(model.Buffers(entry.Buffer()).DataAsNumpy().tobytes())
+    return {}
 
 
 @contextlib.contextmanager
