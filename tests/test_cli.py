@@ -96,8 +96,7 @@ def test_compress_and_search_say_how_to_prepare_the_data(command, tmp_path, monk
     error = [line for line in err.splitlines() if line.startswith(f"zoo {command[0]}: error:")]
     assert len(error) == 1 and "Dataset 'fashion_mnist' is not prepared" in error[0]
     assert "apt-get install -y dataset-fashion-mnist" in err  # train's message: how to get the data
-    if command[0] == "search":
-        assert not (tmp_path / "out").exists()
+    assert not (tmp_path / "out").exists()
 
 
 # --------------------------------------------------------------------------- train

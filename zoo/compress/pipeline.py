@@ -87,8 +87,6 @@ def run_pipeline(
         raise ValueError(f"epochs must be a positive integer, got {epochs!r}.")
     if isinstance(fade, bool) or not isinstance(fade, (int, float)) or not 0 <= fade <= 1:
         raise ValueError(f"fade must be a fraction of the fine-tune in [0, 1], got {fade!r}.")
-    output = Path(output_dir)
-    output.mkdir(parents=True, exist_ok=True)
     stages = 3 + (prune_ratio > 0) + qat
     stage = iter(range(1, stages + 1))
 
@@ -103,6 +101,8 @@ def run_pipeline(
                           data_dir=data_dir)
     test = load_dataset(dataset, info["eval_split"], batch_size=256, take=test_images, data_dir=data_dir)
     test_x, test_y = _arrays(test)
+    output = Path(output_dir)  # made once the data is there (a missing dataset leaves nothing), before any training
+    output.mkdir(parents=True, exist_ok=True)
     steps = int(train.cardinality())
     if steps < 1:
         steps = (train_images or info["splits"]["train"]) // batch_size
