@@ -25,7 +25,7 @@ import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
-from zoo.schemes.base import BinaryExport, find_export_rule
+from zoo.schemes.base import BinaryExport, find_export_rule, is_one_bit
 
 #: layers a non-negative per-channel scale passes through unchanged on its way to BN
 _SCALE_COMMUTING = (keras.layers.MaxPooling2D,)
@@ -86,16 +86,14 @@ def to_inference(model: keras.Model) -> keras.Model:
 
 def _following_batch_norm(model: keras.Model, layer: keras.layers.Layer) -> str:
     """The BN a binary conv's output reaches through scale-commuting layers only."""
-    members = {id(m) for m in model.layers}
     current = layer
     while True:
-        consumers = [n.outbound_layer for n in current._outbound_nodes]
-        consumers = [c for c in consumers if id(c) in members]
+        consumers = _consumers(model, current)
         if len(consumers) != 1:
             break
         current = consumers[0]
         if isinstance(current, keras.layers.BatchNormalization):
-            if current.axis not in ([-1], [3], -1, 3):
+            if not _per_channel(current):
                 break
             return current.name
         if not isinstance(current, _SCALE_COMMUTING):
@@ -107,14 +105,30 @@ def _following_batch_norm(model: keras.Model, layer: keras.layers.Layer) -> str:
     )
 
 
-def _folded_bn_weights(bn: keras.layers.BatchNormalization, alpha: np.ndarray):
-    """BN after a per-channel scale α ≥ 0 as one BN (docs/methods/conventions.md#inference-contract)."""
+def _consumers(model: keras.Model, layer: keras.layers.Layer) -> list[keras.layers.Layer]:
+    """The layers of ``model`` that take ``layer``'s output."""
+    members = {id(m) for m in model.layers}
+    return [node.outbound_layer for node in layer._outbound_nodes if id(node.outbound_layer) in members]
+
+
+def _per_channel(bn: keras.layers.BatchNormalization) -> bool:
+    return bn.axis in ([-1], [3], -1, 3)
+
+
+def _batch_norm_affine(bn: keras.layers.BatchNormalization) -> tuple[np.ndarray, np.ndarray]:
+    """``(s, b)`` of a BN at inference, ``y = s·x + b``: ``s = γ/√(var + ε)``, ``b = β − mean·s``."""
     weights = dict(zip((w.name.split("/")[-1].split(":")[0] for w in bn.weights), bn.get_weights()))
-    channels = alpha.shape[0]
+    channels = weights["moving_mean"].shape[0]
     gamma = weights.get("gamma", np.ones(channels, np.float32))
     beta = weights.get("beta", np.zeros(channels, np.float32))
     s = gamma / np.sqrt(weights["moving_variance"] + bn.epsilon)
-    b = beta - weights["moving_mean"] * s
+    return s, beta - weights["moving_mean"] * s
+
+
+def _folded_bn_weights(bn: keras.layers.BatchNormalization, alpha: np.ndarray):
+    """BN after a per-channel scale α ≥ 0 as one BN (docs/methods/conventions.md#inference-contract)."""
+    s, b = _batch_norm_affine(bn)
+    channels = alpha.shape[0]
     return [
         (s * alpha).astype(np.float32),
         b.astype(np.float32),
@@ -203,7 +217,8 @@ def lce_flatbuffer(
     the frozen graph instead. This is that second route, taken directly: the same MLIR
     passes and operators, several seconds less a model (the tests convert every model).
     Like LCE, it quantizes to int8 only when the graph holds fake-quant ops (or a
-    default int8 range is given).
+    default int8 range is given). Unlike LCE, it keeps the BNs of a float graph's residual
+    stream out of the binary convs (:func:`residual_batch_norms_unfused`).
     """
     from larq_compute_engine.mlir._tf_tfl_flatbuffer import convert_graphdef_to_tflite_flatbuffer
     from larq_compute_engine.mlir.python import converter as lce
@@ -220,12 +235,17 @@ def lce_flatbuffer(
         target=target,
         experimental_default_int8_range=experimental_default_int8_range,
     )
-    frozen = convert_variables_to_constants_v2(
-        lce.concrete_function_from_keras_model(model), lower_control_flow=False
+    function = lce.concrete_function_from_keras_model(model)
+    quantize = (
+        lce._contains_training_quant_op(function.graph.as_graph_def()) or experimental_default_int8_range is not None
     )
+    if not quantize:  # an int8 graph (QAT wrappers, range markers) is converted as it is
+        unfused = residual_batch_norms_unfused(model)
+        if unfused is not model:
+            function = lce.concrete_function_from_keras_model(unfused)
+    frozen = convert_variables_to_constants_v2(function, lower_control_flow=False)
     inputs = [tensor for tensor in frozen.inputs if tensor.dtype != tf.resource]
     graph_def = frozen.graph.as_graph_def()
-    quantize = lce._contains_training_quant_op(graph_def) or experimental_default_int8_range is not None
     flatbuffer = convert_graphdef_to_tflite_flatbuffer(
         graph_def.SerializeToString(),
         [get_tensor_name(tensor) for tensor in inputs],
@@ -243,6 +263,58 @@ def lce_flatbuffer(
             inference_output_type=inference_output_type,
         )
     return flatbuffer
+
+
+def residual_batch_norms_unfused(model: keras.Model) -> keras.Model:
+    """The model with each BN that takes a binary conv's output and feeds only residual
+    adds computed as a 1×1 depthwise conv (``s·x + b``), which LCE does not fuse into the conv.
+
+    LCE fuses a BN that follows a binary conv into the ``LceBconv2d`` output transform,
+    which computes ``s·acc + b`` as ``(K − acc)·(−s) + (b + K·s)`` (``K = kh·kw·C_in``):
+    two terms of size ``K·|s|`` that cancel, so its rounding error grows with ``K``, not
+    with the result. A BN output that is binarized next takes values ``s·integer + b``,
+    rarely that close to 0; one added to the residual stream carries the error on, and
+    the stream's sums pass through 0, where signs then flip against Keras
+    (docs/methods/cbcn.md#export-and-lce-parity). Unfused, the bconv outputs its exact
+    integer sums and the float op rounds as Keras' BN does. Other models are returned as
+    they are.
+    """
+    targets = {
+        layer.name: layer for layer in model.layers
+        if isinstance(layer, keras.layers.BatchNormalization) and _follows_a_binary_conv(layer)
+        and _feeds_only_adds(model, layer)
+    }
+    if not targets:
+        return model
+    config = copy.deepcopy(model.get_config())
+    for entry in config["layers"]:
+        if entry["name"] in targets:
+            depthwise = keras.layers.DepthwiseConv2D(1, use_bias=True, name=entry["name"])
+            entry.update(keras.layers.serialize(depthwise), name=entry["name"])
+    with _quiet("larq"):
+        rebuilt = keras.Model.from_config(config)
+    for layer in rebuilt.layers:
+        if layer.name in targets:
+            s, b = _batch_norm_affine(targets[layer.name])
+            layer.set_weights([s.reshape(1, 1, -1, 1).astype(np.float32), b.astype(np.float32)])
+        elif layer.weights:
+            layer.set_weights(model.get_layer(layer.name).get_weights())
+    return rebuilt
+
+
+def _follows_a_binary_conv(bn: keras.layers.BatchNormalization) -> bool:
+    inbound = bn.inbound_nodes[0].inbound_layers if len(bn.inbound_nodes) == 1 else None
+    return (
+        _per_channel(bn)
+        and isinstance(inbound, lq.layers.QuantConv2D)
+        and is_one_bit(inbound.input_quantizer)
+        and is_one_bit(inbound.kernel_quantizer)
+    )
+
+
+def _feeds_only_adds(model: keras.Model, layer: keras.layers.Layer) -> bool:
+    consumers = _consumers(model, layer)
+    return bool(consumers) and all(isinstance(consumer, keras.layers.Add) for consumer in consumers)
 
 
 class Operator(NamedTuple):
