@@ -46,6 +46,20 @@ def freed_models():
 
     keras.backend.clear_session()
     gc.collect()
+    _LIBC_MALLOC_TRIM(0)  # hand the freed heap back to the system: glibc keeps it otherwise
+
+
+def _malloc_trim():
+    import ctypes
+    import ctypes.util
+
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c")).malloc_trim
+    except (OSError, AttributeError, TypeError):  # not glibc
+        return lambda pad: 0
+
+
+_LIBC_MALLOC_TRIM = _malloc_trim()
 
 
 @pytest.fixture(autouse=True)
@@ -55,3 +69,18 @@ def seeded():
     import tf_keras as keras
 
     keras.utils.set_random_seed(0)
+
+
+def pytest_runtest_logreport(report):
+    """With ``$ZOO_TEST_RSS_LOG`` set, appends each test's worker peak and current resident
+    memory (MiB) to that file: how to find the tests that make a worker grow."""
+    path = os.environ.get("ZOO_TEST_RSS_LOG")
+    if not path or report.when != "teardown":
+        return
+    import resource
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
+    with open("/proc/self/statm") as statm:
+        current = int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") // 2**20
+    with open(path, "a") as log:
+        log.write(f"{os.getpid()} {peak} {current} {report.nodeid}\n")
