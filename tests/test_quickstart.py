@@ -22,8 +22,7 @@ def test_quickstart_evaluates_fine_tunes_converts_and_runs(fashion_mnist_data_di
     entry = registry.pretrained_entry("rbnn_resnet18", "fashion_mnist")
     assert abs(100 * report["fashion_mnist_test_accuracy"] - entry.metrics["top1_first_1000"]) <= 1.0
     # ten classes, chance 0.1; one epoch of the whole model (the README's figures come from the default 8)
-    assert report["digits_test_accuracy"] > 0.3
-    assert 0.0 <= report["digits_test_accuracy_from_random_init"] <= 1.0
+    assert report["digits_test_accuracy"] > 0.15 and report["digits_test_accuracy_from_random_init"] > 0.15
     assert report["fine_tune"]["epochs"] == 1 and report["fine_tune"]["weight_decay"] > 0  # θ must move (RBNN)
     assert report["lce_bconv2d"] == report["binary_layers"] == 16
     assert report["lce_top1_agreement"] >= 0.99
