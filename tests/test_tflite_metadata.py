@@ -27,3 +27,8 @@ def test_metadata_changes_nothing_the_interpreter_computes(tmp_path):
     images = random_pixels((28, 28, 1), batch=2)
     np.testing.assert_array_equal(Interpreter(plain, num_threads=1).predict(images),
                                   Interpreter(named, num_threads=1).predict(images))
+
+
+def test_the_report_gives_the_size_of_the_file_written(tmp_path):
+    report = zoo.convert("bnn_resnet20", tmp_path / "bnn.tflite", verify=False)
+    assert report.file_bytes == (tmp_path / "bnn.tflite").stat().st_size

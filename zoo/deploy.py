@@ -170,7 +170,7 @@ def convert(
             flatbuffer = with_metadata(flatbuffer, {"class_names": [str(name) for name in class_names]})
         output.write(flatbuffer)
     say(f"wrote {path} ({len(flatbuffer) / 2**20:.2f} MiB)")
-    return dataclasses.replace(report, path=str(path))
+    return dataclasses.replace(report, path=str(path), file_bytes=len(flatbuffer))
 
 
 def _pretrained_class_names(name: str, weights) -> tuple[str, ...]:
