@@ -292,7 +292,9 @@ def test_every_method_trains_and_checkpoints_on_real_batches(method, fashion_mni
 
 def assert_checkpoint_restores(name, model, output, data_dir):
     """The run's checkpoint restores into a freshly built model fit drives (the recipe's
-    wrapper, its teacher built as a resumed run builds it): same weights, optimizer state."""
+    wrapper, its teacher built as a resumed run builds it): same weights, optimizer state.
+    The BatchNorm statistics are left out: the run re-estimates them after its last
+    checkpoint (training/loop.py ``_recalibrate``), and a resumed run trains from either."""
     saved = checkpoint.latest_checkpoint(output)
     settings = checkpoint.read_state(saved)["run"]
     recipe = recipe_for(name, settings["epochs"], settings["batch_size"])
@@ -301,5 +303,7 @@ def assert_checkpoint_restores(name, model, output, data_dir):
     recipe.compile(fresh)
     checkpoint.restore_checkpoint(fresh, saved)
     for a, b in zip(model.weights, getattr(fresh, "student", fresh).weights):
-        np.testing.assert_array_equal(a.numpy(), b.numpy(), err_msg=a.name)
+        assert a.name == b.name
+        if not a.name.endswith(("moving_mean:0", "moving_variance:0")):
+            np.testing.assert_array_equal(a.numpy(), b.numpy(), err_msg=a.name)
     assert int(fresh.optimizer.iterations) >= 2  # the epoch's 2 steps (RBCN's BN pass adds its own)
