@@ -25,7 +25,8 @@ import zoo  # noqa: E402,I001  (first: selects Keras 2)
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 import tf_keras as keras  # noqa: E402
-from common import markdown_table, parse_arguments, write_results  # noqa: E402
+from common import parse_arguments, write_results  # noqa: E402
+from zoo.text import markdown_table  # noqa: E402
 from sign_flips import binary_kernels  # noqa: E402
 from training.loop import accuracy  # noqa: E402
 from training.recipe import recipe_for  # noqa: E402

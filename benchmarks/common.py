@@ -6,9 +6,10 @@ import argparse
 import json
 import os
 import platform
-import tempfile
 from pathlib import Path
 from typing import Callable
+
+from zoo.files import atomic_write
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -38,12 +39,8 @@ def parse_arguments(parser: argparse.ArgumentParser, argv,
 
 def write_results(name: str, payload: dict, table: str) -> Path:
     """Writes ``results/<name>.json`` and ``results/<name>.md`` atomically; prints the table."""
-    RESULTS.mkdir(exist_ok=True)
     for suffix, text in ((".json", json.dumps({**payload, "machine": machine()}, indent=2)), (".md", table + "\n")):
-        with tempfile.NamedTemporaryFile("w", dir=RESULTS, suffix=".part", delete=False) as tmp:
-            tmp.write(text)
-        os.chmod(tmp.name, 0o644)  # NamedTemporaryFile makes it private
-        os.replace(tmp.name, RESULTS / f"{name}{suffix}")
+        atomic_write(RESULTS / f"{name}{suffix}", text)
     print(table)
     return RESULTS / f"{name}.json"
 
@@ -62,9 +59,3 @@ def model_argument(text: str) -> tuple[str, dict]:
         except json.JSONDecodeError:
             kwargs[key] = value
     return name, kwargs
-
-
-def markdown_table(rows: list[list], headers: list[str]) -> str:
-    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
-    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
-    return "\n".join(lines)

@@ -28,7 +28,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import zoo  # noqa: E402,I001  (first: selects Keras 2)
-from common import RESULTS, markdown_table, parse_arguments, write_results  # noqa: E402
+from common import RESULTS, parse_arguments, write_results  # noqa: E402
+from zoo.text import markdown_table  # noqa: E402
 from zoo import registry  # noqa: E402
 from zoo.weights import zoo_home  # noqa: E402
 

@@ -18,7 +18,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import zoo  # noqa: E402,I001  (first: selects Keras 2)
-from common import markdown_table, model_argument, parse_arguments, write_results  # noqa: E402
+from common import model_argument, parse_arguments, write_results  # noqa: E402
+from zoo.text import markdown_table  # noqa: E402
 from zoo.deploy import benchmark  # noqa: E402
 
 

@@ -20,7 +20,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import zoo  # noqa: E402,I001  (first: selects Keras 2)
-from common import markdown_table, parse_arguments, write_results  # noqa: E402
+from common import parse_arguments, write_results  # noqa: E402
+from zoo.text import markdown_table  # noqa: E402
 from zoo import registry  # noqa: E402
 
 

@@ -32,11 +32,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import zoo  # noqa: E402,I001  (first: selects Keras 2)
 import tf_keras as keras  # noqa: E402
-from common import RESULTS, markdown_table, parse_arguments, write_results  # noqa: E402
+from common import RESULTS, parse_arguments, write_results  # noqa: E402
 from training.loop import train  # noqa: E402
 from training.recipe import Recipe, recipe_for  # noqa: E402
 from zoo.search import run_search  # noqa: E402
-from zoo.search.budget import model_costs, readable  # noqa: E402
+from zoo.search.budget import model_costs  # noqa: E402
+from zoo.text import markdown_table, readable  # noqa: E402
 
 SHAPE = (28, 28, 1)
 

@@ -23,7 +23,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import zoo  # noqa: E402,I001  (first: selects Keras 2)
 import numpy as np  # noqa: E402
-from common import markdown_table, model_argument, parse_arguments, write_results  # noqa: E402
+from common import model_argument, parse_arguments, write_results  # noqa: E402
+from zoo.text import markdown_table  # noqa: E402
 from training.recipe import recipe_for  # noqa: E402
 from training.teacher import teacher_name  # noqa: E402
 

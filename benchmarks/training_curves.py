@@ -20,7 +20,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import RESULTS, markdown_table, parse_arguments, write_results  # noqa: E402
+from common import RESULTS, parse_arguments, write_results  # noqa: E402
+from zoo.text import markdown_table  # noqa: E402
 
 
 def read_run(directory: Path) -> dict:

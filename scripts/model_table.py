@@ -14,8 +14,9 @@ import argparse
 
 import zoo
 from zoo import registry
+from zoo.text import markdown_table, readable
 
-HEADER = ("| model | method | dataset | input | test top-1 | weights file |", "|---|---|---|---|---:|---:|")
+HEADERS = ["model", "method", "dataset", "input", "test top-1", "weights file"]
 
 
 def _size(n_bytes: int | None) -> str:
@@ -33,29 +34,24 @@ def _top1(metrics: dict) -> str:
 def manifest_table(entries: list[registry.PretrainedEntry]) -> str:
     """The shipped models, best top-1 first within each dataset, as a markdown table."""
     rows = sorted(entries, key=lambda e: (e.dataset, -(e.metrics.get("top1") or 0.0), e.name))
-    lines = list(HEADER)
+    table = []
     for entry in rows:
         method = registry.get_model_spec(entry.name).scheme.method.split(" (")[0]
         shape = "×".join(str(v) for v in entry.input_shape)
-        lines.append(f"| `{entry.name}` | {method} | {entry.dataset} | {shape} | {_top1(entry.metrics)} | "
-                     f"{_size(entry.size)} |")
-    return "\n".join(lines)
-
-
-def _readable(n: int) -> str:
-    return f"{n / 1e9:.3f} G" if n >= 1e9 else f"{n / 1e6:.2f} M"
+        table.append([f"`{entry.name}`", method, entry.dataset, shape, _top1(entry.metrics), _size(entry.size)])
+    return markdown_table(table, HEADERS, align="llllrr")
 
 
 def costs_table() -> str:
     """Every registered model's costs at its default input (Larq's profiler on the exported model)."""
-    lines = ["| model | method | input | params | binary MACs | float MACs | binary convs |",
-             "|---|---|---|---:|---:|---:|---:|"]
+    rows = []
     for name in zoo.list_models():
         d = zoo.info(name)
         shape = "x".join(str(v) for v in d["input_shape"])
-        lines.append(f"| `{name}` | {d['method']} | {shape} | {d['parameters'] / 1e6:.2f} M | "
-                     f"{_readable(d['binary_macs'])} | {_readable(d['float_macs'])} | {d['binary_convs']} |")
-    return "\n".join(lines)
+        rows.append([f"`{name}`", d["method"], shape, readable(d["parameters"], ".2f"),
+                     readable(d["binary_macs"], ".2f"), readable(d["float_macs"], ".2f"), d["binary_convs"]])
+    return markdown_table(rows, ["model", "method", "input", "params", "binary MACs", "float MACs", "binary convs"],
+                          align="lllrrrr")
 
 
 def main(argv=None) -> None:

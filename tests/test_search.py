@@ -16,7 +16,7 @@ from zoo.search import DOWNSAMPLES, OPS, Budget, BudgetError, Genotype, Node, Se
 from zoo.search import tuning
 from zoo.search.budget import check_reachable, model_costs
 from zoo.search.kt import keras_tuner as kt
-from zoo.search.ops import UnknownOpError, UnsupportedOpError
+from zoo.architectures.searched.ops import UnknownOpError, UnsupportedOpError
 
 SHAPE = (28, 28, 1)
 TINY_SEARCH = ["--dataset", "fashion_mnist", "--tuner", "random", "--epochs", "1", "--train-images", "96",

@@ -20,7 +20,6 @@ import math
 import os
 import re
 import shutil
-import tempfile
 import time
 from pathlib import Path
 
@@ -28,6 +27,7 @@ import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 from zoo import registry
+from zoo.files import atomic_directory
 
 CHECKPOINTS = "checkpoints"
 STATE_FILE = "state.json"
@@ -37,25 +37,6 @@ _EPOCH_DIR = re.compile(r"epoch-(\d{4,})")
 
 class ResumeError(ValueError):
     """A checkpoint that does not belong to the run being resumed, or one in the way."""
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def atomic_write(path: Path, data: str | bytes) -> None:
-    """Writes ``data`` to a temporary file next to ``path``, then renames it over ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle = tempfile.NamedTemporaryFile("wb", dir=path.parent, prefix=f".{path.name}.", delete=False)
-    try:
-        with handle:
-            handle.write(data.encode() if isinstance(data, str) else data)
-        os.chmod(handle.name, 0o666 & ~_umask())  # as open() would have created it
-        os.replace(handle.name, path)
-    finally:
-        Path(handle.name).unlink(missing_ok=True)
 
 
 def latest_checkpoint(output: os.PathLike | str) -> Path | None:
@@ -152,14 +133,9 @@ def write_checkpoint(trainable: keras.Model, state: dict, root: Path) -> Path:
     atomically, and removes the older checkpoints in ``root``."""
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"epoch-{state['epochs_done']:04d}"
-    scratch = Path(tempfile.mkdtemp(dir=root, prefix=f".{final.name}-"))
-    os.chmod(scratch, 0o777 & ~_umask())
-    try:
+    with atomic_directory(final) as scratch:
         checkpoint_of(trainable).write(str(scratch / _PREFIX))
         (scratch / STATE_FILE).write_text(json.dumps(state, indent=1))
-        os.replace(scratch, final)
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
     for old in root.iterdir():
         if old != final and (_EPOCH_DIR.fullmatch(old.name) or old.name.startswith(".epoch-")):
             shutil.rmtree(old, ignore_errors=True)

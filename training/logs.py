@@ -15,8 +15,8 @@ import json
 from pathlib import Path
 
 import tf_keras as keras
+from zoo.files import atomic_write
 
-from training.checkpoint import atomic_write
 
 HISTORY_JSON = "history.json"
 HISTORY_CSV = "history.csv"

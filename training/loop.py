@@ -31,6 +31,7 @@ import numpy as np
 import tf_keras as keras
 from zoo import registry
 from zoo.data import dataset_info
+from zoo.files import atomic_write
 from training import artifacts, checkpoint, logs
 from training.distribute import barrier, distribute_by_data, make_strategy, worker_index
 from training.recipe import Recipe, recipe_for
@@ -221,7 +222,7 @@ def train(model_name: str, dataset: str, *, epochs: int | None = None, batch_siz
         if index == 0:
             say(summary(report, out))
     if out is not None and index == 0:
-        checkpoint.atomic_write(out / REPORT, json.dumps(report, indent=1, default=_json_default))
+        atomic_write(out / REPORT, json.dumps(report, indent=1, default=_json_default))
     barrier(distribution)  # workers leave together: one leaving early fails the others' collectives
     return model, report
 
@@ -366,7 +367,7 @@ def _export(model, report, out: Path, index: int, input_shape, info, test_data) 
         exported = artifacts.export_run(name, dataset, out, float32_file, load, test_data, input_shape=input_shape,
                                         classes=info["num_classes"], command=report["command"],
                                         training=report["budget"])
-    checkpoint.atomic_write(out / MANIFEST_ENTRY, json.dumps(exported["manifest_entry"], indent=2) + "\n")
+    atomic_write(out / MANIFEST_ENTRY, json.dumps(exported["manifest_entry"], indent=2) + "\n")
     return exported
 
 

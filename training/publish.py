@@ -23,10 +23,10 @@ from pathlib import Path
 import zoo  # noqa: I001  (first: selects Keras 2)
 import numpy as np
 from zoo import registry
+from zoo.files import atomic_path, atomic_write
 from zoo.weights import sha256_file
 
 from training.artifacts import first_examples
-from training.checkpoint import atomic_write
 from training.loop import MANIFEST_ENTRY
 
 CHECK_IMAGES = 1000
@@ -59,15 +59,11 @@ def publish(run_dir: str | Path, manifest: str | Path = registry.DEFAULT_MANIFES
     rows = json.loads(manifest.read_text())["entries"] if manifest.exists() else []
     _check_replaceable(entry, rows, manifest, replace)
     source, target = run_dir / entry["file"], manifest.parent / entry["file"]
-    partial = target.with_name(f".{target.name}.partial")
     target.parent.mkdir(parents=True, exist_ok=True)
-    try:
+    with atomic_path(target) as partial:
         shutil.copyfile(source, partial)
         if sha256_file(partial) != entry["sha256"]:
             raise ValueError(f"{source}: sha256 differs from its manifest entry; the run's weights file changed.")
-        partial.replace(target)
-    finally:
-        partial.unlink(missing_ok=True)
 
     model = zoo.load(entry["name"], weights=str(target), input_shape=tuple(entry["input_shape"]),
                      classes=entry["classes"], **entry.get("builder_kwargs", {}))

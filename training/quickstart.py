@@ -24,7 +24,7 @@ import zoo  # noqa: I001  (first: selects Keras 2)
 import numpy as np
 import tensorflow as tf
 import tf_keras as keras
-from zoo.cli import format_table
+from zoo.text import text_table
 from training.recipe import recipe_for
 
 PRETRAINED_TAG = "fashion_mnist"
@@ -154,7 +154,7 @@ def main(argv=None) -> dict:
                                      f"{conversion.parity.max_abs_diff:.1e} on {conversion.parity.samples} digits"],
         ["LCE latency (x86, 1 thread)", f"{report['lce_latency_ms_median']} ms median"],
     ]
-    print(format_table(rows, ["quickstart", args.model]))
+    print(text_table(rows, ["quickstart", args.model]))
     if not args.quiet:
         print(json.dumps(report))
     return report

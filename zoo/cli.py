@@ -7,21 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-
-def format_table(rows: list[list], headers: list[str]) -> str:
-    """A plain-text table with aligned columns."""
-    cells = [[str(c) for c in row] for row in [headers, *rows]]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in cells]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
-
-
-def _readable(n: int) -> str:
-    for unit, size in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
-        if n >= size:
-            return f"{n / size:.2f}{unit}"
-    return str(n)
+from zoo.text import readable, text_table
 
 
 def _parse_shape(text: str) -> tuple[int, ...]:
@@ -49,7 +35,7 @@ def cmd_list(args) -> int:
     if args.json:
         print(json.dumps([dict(zip(("name", "family", "method", "pretrained"), r)) for r in rows], indent=2))
     else:
-        print(format_table(rows, ["model", "family", "method", "pretrained"]))
+        print(text_table(rows, ["model", "family", "method", "pretrained"]))
     return 0
 
 
@@ -69,15 +55,15 @@ def cmd_info(args) -> int:
                           f"std {[round(v, 2) for v in details['input_std']]}"],
         ["classes", details["classes"]],
         ["parameters", f"{details['parameters']:,}"],
-        ["binary MACs", f"{_readable(details['binary_macs'])} ({details['binary_convs']} binary convs)"
+        ["binary MACs", f"{readable(details['binary_macs'], '.2f')} ({details['binary_convs']} binary convs)"
                         + (f", {details['binary_macs_vs_plain_width']:g}x the plain-width architecture "
                            f"(width x{details['width_multiplier']})" if details["width_multiplier"] != 1 else "")],
-        ["float MACs", _readable(details["float_macs"])],
+        ["float MACs", readable(details["float_macs"], ".2f")],
     ]
-    print(format_table(rows, ["field", "value"]))
+    print(text_table(rows, ["field", "value"]))
     if details["accuracy"]:
         print("\nTop-1 accuracy (%), the paper's and the shipped weights': compare only within a dataset")
-        print(format_table(
+        print(text_table(
             [[a["source"], a["dataset"], tuple(a["input_shape"]) if a["input_shape"] else "-",
               a["classes"] or "-", a["top1"] if a["top1"] is not None else "-", a["note"] or "-"]
              for a in details["accuracy"]],
@@ -85,7 +71,7 @@ def cmd_info(args) -> int:
         ))
     if details["pretrained"]:
         print("\nPretrained weights (zoo.load(name, weights=<tag>)):")
-        print(format_table(
+        print(text_table(
             [[p["tag"], p["dataset"], tuple(p["input_shape"]), p["classes"], p.get("command", "")]
              for p in details["pretrained"]],
             ["tag", "dataset", "input shape", "classes", "command"],
@@ -151,13 +137,13 @@ def cmd_convert(args) -> int:
         ["binary layers", f"{report.bconv2d} of {report.binary_layers} as LceBconv2d" if report.binary_layers else "-"],
         ["operators", ", ".join(f"{kind} {count}" for kind, count in report.ops.items())],
         ["parameters", f"{report.parameters:,}"],
-        ["MACs", f"{_readable(report.binary_macs)} binary, {_readable(report.float_macs)} float"],
+        ["MACs", f"{readable(report.binary_macs, '.2f')} binary, {readable(report.float_macs, '.2f')} float"],
     ]
     if report.parity:
         parity = report.parity
         rows.append(["LCE vs Keras", f"top-1 agreement {parity.top1_agreement:.2%} on {parity.data}; "
                                      f"max |Δ {parity.outputs}| {parity.max_abs_diff:.2g}"])
-    print(format_table(rows, ["convert", report.model]))
+    print(text_table(rows, ["convert", report.model]))
     return 0
 
 
@@ -174,12 +160,12 @@ def cmd_benchmark(args) -> int:
         return 0
     rows = [
         [r.model, f"{r.median_ms:.2f}", f"{r.p90_ms:.2f}", f"{ratio:.2f}x", f"{r.file_bytes / 2**20:.2f} MiB",
-         "-" if r.parameters is None else _readable(r.parameters),
-         "-" if r.binary_macs is None else _readable(r.binary_macs),
-         "-" if r.float_macs is None else _readable(r.float_macs)]
+         "-" if r.parameters is None else readable(r.parameters, ".2f"),
+         "-" if r.binary_macs is None else readable(r.binary_macs, ".2f"),
+         "-" if r.float_macs is None else readable(r.float_macs, ".2f")]
         for r, ratio in zip(report.results, report.ratios)
     ]
-    print(format_table(rows, ["model", "median ms", "p90 ms", "ratio", "file", "params", "binary MACs", "float MACs"]))
+    print(text_table(rows, ["model", "median ms", "p90 ms", "ratio", "file", "params", "binary MACs", "float MACs"]))
     before, after = report.load_average
     print(f"\n{'x'.join(map(str, report.input_shape))}, batch 1, {report.threads} thread(s), LCE interpreter "
           f"{report.interpreter}; {report.warmup} warm-up + {report.repeats} timed runs per model, interleaved; "

@@ -20,7 +20,6 @@ import dataclasses
 import json
 import os
 import re
-import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -30,7 +29,8 @@ import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
-from zoo.export import Operator, _quiet, binary_exports, lce_flatbuffer, operators, to_inference
+from zoo.export import Operator, binary_exports, lce_flatbuffer, operators, quiet_logger, to_inference
+from zoo.files import atomic_output
 from zoo.loading import load
 from zoo.profile import costs
 from zoo.schemes.base import is_one_bit
@@ -219,21 +219,12 @@ def _atomic_output(path: Path):
     """A file handle whose content becomes ``path`` only when the block succeeds."""
     if path.is_dir():
         raise ConversionError(f"Output path {path} is a directory; name a file, e.g. {path / 'model.tflite'}.")
-    try:
-        handle, partial = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
-    except OSError as err:
-        raise ConversionError(f"Cannot write {path}: {err.strerror} ({err.filename}).") from None
-    try:
-        with os.fdopen(handle, "wb") as output:
-            yield output
-            output.flush()
-            os.fsync(output.fileno())
-        os.chmod(partial, 0o644)
-        os.replace(partial, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(partial)
-        raise
+    with contextlib.ExitStack() as stack:
+        try:
+            output = stack.enter_context(atomic_output(path))
+        except OSError as err:
+            raise ConversionError(f"Cannot write {path}: {err.strerror} ({err.filename}).") from None
+        yield output
 
 
 def _convert(
@@ -541,7 +532,7 @@ def _insert_after(model: keras.Model, new_layers: dict, unfused: set = frozenset
             layers.append({**keras.layers.serialize(new), "name": new.name, "inbound_nodes": inbound})
     config["layers"] = layers
     config["output_layers"] = [[replaced.get(name, name), *rest] for name, *rest in config["output_layers"]]
-    with _quiet("larq"):  # its starved-weights warning is about training; these ±1 kernels are for inference
+    with quiet_logger("larq"):  # its starved-weights warning is about training; these ±1 kernels are for inference
         rebuilt = keras.Model.from_config(config)
     for layer in model.layers:
         if layer.weights:

@@ -71,7 +71,7 @@ def to_inference(model: keras.Model) -> keras.Model:
         exports[name] = (export, export_kernel)
 
     config = _rewrite_config(model.get_config(), exports, set(folds))
-    with _quiet("larq"):
+    with quiet_logger("larq"):
         inference = keras.Model.from_config(config)
 
     for layer in inference.layers:
@@ -138,7 +138,7 @@ def _folded_bn_weights(bn: keras.layers.BatchNormalization, alpha: np.ndarray):
 
 
 @contextlib.contextmanager
-def _quiet(logger_name: str):
+def quiet_logger(logger_name: str):
     """Silences a library's warnings that do not apply to what we do with it.
 
     Larq warns that a binary kernel without a constraint may starve in training: the
@@ -157,7 +157,7 @@ def inference_conv(name: str, conv_kwargs: dict) -> lq.layers.QuantConv2D:
     kwargs = dict(conv_kwargs)
     if kwargs.get("groups", 1) == 1:
         kwargs.pop("groups", None)
-    with _quiet("larq"):
+    with quiet_logger("larq"):
         return lq.layers.QuantConv2D(
         **kwargs,
         input_quantizer="ste_sign",
@@ -291,7 +291,7 @@ def residual_batch_norms_unfused(model: keras.Model) -> keras.Model:
         if entry["name"] in targets:
             depthwise = keras.layers.DepthwiseConv2D(1, use_bias=True, name=entry["name"])
             entry.update(keras.layers.serialize(depthwise), name=entry["name"])
-    with _quiet("larq"):
+    with quiet_logger("larq"):
         rebuilt = keras.Model.from_config(config)
     for layer in rebuilt.layers:
         if layer.name in targets:

@@ -1,4 +1,6 @@
-"""Small layers shared by the architectures and the schemes.
+"""Small layers shared by the architectures and the schemes, and every float layer a
+method keeps in its exported (inference) model, so that what works on exported models
+(``zoo.compress``, ``zoo.deploy``) finds them here rather than in a method's module.
 
 Each is serialisable (registered under the ``zoo`` package name) and converts to plain
 TFLite ops, so a model that uses them still exports and runs under LCE.
@@ -47,6 +49,19 @@ class SubsampleChannelPad(keras.layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "filters": self.filters, "strides": self.strides}
+
+
+def center_per_sample(x):
+    """``x − mean_{HWC}(x)`` per sample (NHWC)."""
+    return x - tf.reduce_mean(x, axis=[1, 2, 3], keepdims=True)
+
+
+@keras.utils.register_keras_serializable(package="zoo")
+class CenterActivations(keras.layers.Layer):
+    """``x − mean_{HWC}(x)`` per sample: RBNN's activation centring, kept at inference."""
+
+    def call(self, inputs):
+        return center_per_sample(inputs)
 
 
 @keras.utils.register_keras_serializable(package="zoo")

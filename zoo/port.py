@@ -22,7 +22,6 @@ import contextlib
 import dataclasses
 import os
 import re
-import tempfile
 import zipfile
 from pathlib import Path
 
@@ -30,6 +29,7 @@ import numpy as np
 import tf_keras as keras
 
 from zoo import registry
+from zoo.files import atomic_path
 
 #: extensions read by :func:`read_state_dict`
 NPZ_SUFFIXES = (".npz",)
@@ -337,17 +337,10 @@ def port_to_file(checkpoint, output, arch: str | None = None) -> keras.Model:
     if not output.parent.is_dir():
         raise PortError(f"Cannot write {output}: directory {output.parent} does not exist.")
     model = rbnn_from_pytorch(read_state_dict(checkpoint), arch)
-    try:
-        handle, partial = tempfile.mkstemp(dir=output.parent, prefix=f".{output.name}.", suffix=".part")
-    except OSError as err:
-        raise PortError(f"Cannot write {output}: {err.strerror} ({err.filename}).") from None
-    os.close(handle)
-    try:
-        model.save_weights(partial, save_format="h5")
-        os.chmod(partial, 0o644)
-        os.replace(partial, output)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(partial)
-        raise
+    with contextlib.ExitStack() as stack:
+        try:
+            partial = stack.enter_context(atomic_path(output))
+        except OSError as err:
+            raise PortError(f"Cannot write {output}: {err.strerror} ({err.filename}).") from None
+        model.save_weights(str(partial), save_format="h5")
     return model

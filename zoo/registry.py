@@ -19,6 +19,7 @@ from pathlib import Path
 import tf_keras as keras
 
 from zoo.architectures import ARCHITECTURES, Architecture
+from zoo.architectures.searched.config import SearchedArchitecture
 from zoo.schemes import SCHEMES, Scheme
 
 #: in the repository ``zoo/pretrained`` is a link to the top-level ``pretrained/``; a wheel holds the files
@@ -151,8 +152,6 @@ def register_searched(config) -> str:
     ``zoo.callbacks`` and the training recipes then serve like any other model.
     Registering the same architecture again is a no-op; another one under a taken name
     is an error."""
-    from zoo.search.config import SearchedArchitecture  # zoo.search imports this module
-
     searched = SearchedArchitecture.load(config)
     get_scheme(searched.scheme)
     arch = searched.architecture()

@@ -18,7 +18,6 @@ import logging
 import os
 import posixpath
 import re
-import secrets
 import sys
 import time
 import urllib.error
@@ -29,6 +28,8 @@ from typing import BinaryIO, Iterator
 
 import h5py
 from tqdm import tqdm
+
+from zoo.files import atomic_path
 
 __all__ = [
     "ChecksumError",
@@ -344,9 +345,8 @@ def _remove_partial_files(key_dir: Path) -> None:
 
 def _download(url: str, target: Path, sha256: str | None, progress: bool, deadline: float) -> None:
     """Download ``url`` once into ``target``; the file appears only if fully verified."""
-    part = _partial_path(target)
-    try:
-        with _create(part) as out:
+    with atomic_path(target, suffix=_PART_SUFFIX) as part:
+        with open(part, "wb") as out:
             received, expected, actual = _stream(url, out, progress, deadline, target.name)
         if expected is not None and received != expected:
             raise _TransientError(f"truncated body, received {received} of {expected} bytes")
@@ -362,18 +362,6 @@ def _download(url: str, target: Path, sha256: str | None, progress: bool, deadli
             )
         if sha256 is None:
             _record_digest(target, actual)
-        os.replace(part, target)
-    finally:
-        part.unlink(missing_ok=True)
-
-
-def _partial_path(target: Path) -> Path:
-    return target.with_name(f"{target.name}.{secrets.token_hex(8)}{_PART_SUFFIX}")
-
-
-def _create(path: Path) -> BinaryIO:
-    """Open a new file for writing with the permissions the umask gives (not 0600)."""
-    return os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), "wb")
 
 
 def _digest_record(target: Path) -> Path:
@@ -382,13 +370,8 @@ def _digest_record(target: Path) -> Path:
 
 
 def _record_digest(target: Path, digest: str) -> None:
-    part = _partial_path(_digest_record(target))
-    try:
-        with _create(part) as out:
-            out.write(f"{digest}  {target.name}\n".encode())
-        os.replace(part, _digest_record(target))
-    finally:
-        part.unlink(missing_ok=True)
+    with atomic_path(_digest_record(target), suffix=_PART_SUFFIX) as part:
+        part.write_text(f"{digest}  {target.name}\n")
 
 
 def _recorded_digest(target: Path) -> str | None:

@@ -15,9 +15,9 @@ left to Larq) and :mod:`~zoo.compress.pipeline` (``zoo compress``).
 """
 
 from zoo.compress.channels import channel_prune, hrank_scores, masked, match_statistics, narrow, prunable_convs
-from zoo.compress.common import fine_tunable_inference
+from zoo.compress.common import Pruning, fine_tunable_inference
 from zoo.compress.pipeline import export, fine_tune, run_pipeline
-from zoo.compress.pruning import Pruning, prunable_layers, prune, sparsity_report, strip
+from zoo.compress.pruning import prunable_layers, prune, sparsity_report, strip
 from zoo.compress.quantization import quantize, quantize_scope
 
 __all__ = [

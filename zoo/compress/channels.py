@@ -58,13 +58,11 @@ import tensorflow as tf
 import tf_keras as keras
 
 from zoo.compress.common import (
-    batch_norm_after, bn_affine, check_plain_model, fine_tunable_inference, image_batches, is_binary_conv,
-    moments, rebuilt, set_bn_affine,
+    Pruning, batch_norm_after, bn_affine, check_plain_model, check_sparsity, fine_tunable_inference, image_batches,
+    is_binary_conv, moments, rebuilt, set_bn_affine,
 )
-from zoo.compress.pruning import Pruning, check_sparsity
-from zoo.layers import HardTanh
+from zoo.layers import CenterActivations, HardTanh
 from zoo.schemes.base import pad_same
-from zoo.schemes.rbnn import CenterActivations
 
 #: layers that act on each channel alone (or, for the centring, keep the channel layout):
 #: a filter's channel passes through them to the consumers
@@ -501,7 +499,7 @@ def channel_prune(model: keras.Model, ratio, data, *, batches: int = 4, layers=N
         retrain the binary kernels; 1.0 all but freezes them.
 
     Returns:
-      A :class:`~zoo.compress.pruning.Pruning`: the model to fine-tune (narrow, or fading
+      A :class:`~zoo.compress.common.Pruning`: the model to fine-tune (narrow, or fading
       with its callback), the kept filters and the full-width inference model they refer to.
     """
     if isinstance(ratio, dict):

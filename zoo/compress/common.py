@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 
 import larq as lq
 import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
-from zoo.export import _quiet, binary_exports, to_inference
+from zoo.export import binary_exports, quiet_logger, to_inference
 from zoo.schemes.base import is_one_bit
 
 
@@ -114,7 +115,7 @@ def rebuilt(model: keras.Model, config: dict, weights: dict | None = None) -> ke
     """``config`` built as a model, each layer's weights from ``weights[name]`` or else
     from ``model``'s layer of the same name."""
     weights = weights or {}
-    with _quiet("larq"):  # ±1 kernels without a constraint are meant for inference
+    with quiet_logger("larq"):  # ±1 kernels without a constraint are meant for inference
         result = keras.Model.from_config(_without_build_configs(config))
     for layer in result.layers:
         if layer.name in weights:
@@ -151,3 +152,26 @@ def check_plain_model(model, what: str) -> None:
 
 
 _TFMOT_WRAPPERS = ("PruneLowMagnitude", "QuantizeWrapper", "QuantizeWrapperV2", "QuantizeAnnotate", "QuantizeLayer")
+
+
+@dataclasses.dataclass
+class Pruning:
+    """A model to fine-tune with ``model.fit(..., callbacks=callbacks)``.
+
+    ``layers`` are the layers pruned. For channel pruning ``kept`` maps each pruned conv
+    to the filters it keeps and ``reference`` is the full-width inference model they were
+    chosen in (:func:`zoo.compress.channels.masked` of it is what the narrow model computes).
+    """
+
+    model: keras.Model
+    callbacks: list
+    layers: tuple[str, ...]
+    structure: str | None
+    kept: dict | None = None
+    reference: keras.Model | None = None
+
+
+def check_sparsity(value, what: str = "target_sparsity") -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
+        raise ValueError(f"{what} must be a number in [0, 1) (the fraction of weights removed), got {value!r}.")
+    return float(value)

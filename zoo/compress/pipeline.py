@@ -14,11 +14,12 @@ import numpy as np
 import tf_keras as keras
 
 from zoo.compress.channels import channel_prune
-from zoo.compress.common import fine_tunable_inference
-from zoo.compress.pruning import check_sparsity, prune, sparsity_report, strip
+from zoo.compress.common import check_sparsity, fine_tunable_inference
+from zoo.compress.pruning import prune, sparsity_report, strip
 from zoo.compress.quantization import UNSUPPORTED_CHOICES, quantize, quantize_scope
 from zoo.export import binary_exports
 from zoo.profile import costs
+from zoo.text import markdown_table
 
 STRUCTURES = ("channel", "magnitude", "2:4")
 
@@ -316,8 +317,7 @@ def markdown_report(report: dict) -> str:
     lines = [f"`{report['model']}` on {report['dataset']} ({report['test_images']} test images): "
              + " → ".join(steps) + f", fine-tuned {report['fine_tune']['epochs']} epoch(s) each on "
              f"{report['fine_tune']['train_images']} training images.", "",
-             "| | original | compressed | change |", "|---|---:|---:|---|"]
-    lines += ["| " + " | ".join(row) + " |" for row in rows]
+             markdown_table(rows, ["", "original", "compressed", "change"], align="lrrl")]
     return "\n".join(lines)
 
 

@@ -9,14 +9,14 @@ layers), with a polynomial or constant sparsity schedule or a 2:4 structure.
 
 from __future__ import annotations
 
-import dataclasses
 
 import numpy as np
 import tensorflow_model_optimization as tfmot
 import tf_keras as keras
 from tensorflow_model_optimization.python.core.sparsity.keras.pruning_wrapper import PruneLowMagnitude
 
-from zoo.compress.common import check_plain_model, rebuilt
+from zoo.compress.channels import ChannelFade, channel_prune, narrowed
+from zoo.compress.common import Pruning, check_plain_model, check_sparsity, rebuilt
 from zoo.export import binary_exports
 
 SCHEDULES = ("polynomial", "constant")
@@ -30,29 +30,6 @@ _PRUNABLE = (
 )
 
 _KERNELS = ("kernel", "depthwise_kernel")
-
-
-@dataclasses.dataclass
-class Pruning:
-    """A model to fine-tune with ``model.fit(..., callbacks=callbacks)``.
-
-    ``layers`` are the layers pruned. For channel pruning ``kept`` maps each pruned conv
-    to the filters it keeps and ``reference`` is the full-width inference model they were
-    chosen in (:func:`zoo.compress.channels.masked` of it is what the narrow model computes).
-    """
-
-    model: keras.Model
-    callbacks: list
-    layers: tuple[str, ...]
-    structure: str | None
-    kept: dict | None = None
-    reference: keras.Model | None = None
-
-
-def check_sparsity(value, what: str = "target_sparsity") -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
-        raise ValueError(f"{what} must be a number in [0, 1) (the fraction of weights removed), got {value!r}.")
-    return float(value)
 
 
 def prunable_layers(model: keras.Model, structure: str | None = None) -> list[str]:
@@ -120,8 +97,6 @@ def prune(
     if structure not in STRUCTURES:
         raise ValueError(f"structure must be one of {STRUCTURES}, got {structure!r}.")
     if structure == "channel":
-        from zoo.compress.channels import channel_prune
-
         if data is None:
             raise ValueError("Channel pruning ranks feature maps: pass data= (images or a dataset of batches).")
         if begin_step:
@@ -172,8 +147,6 @@ def strip(model: keras.Model) -> keras.Model:
     (channel pruning with ``fade_steps``) becomes the narrow model
     (:func:`zoo.compress.channels.narrowed`).
     """
-    from zoo.compress.channels import ChannelFade, narrowed
-
     if any(isinstance(layer, ChannelFade) for layer in model.layers):
         return narrowed(model)
     stripped = tfmot.sparsity.keras.strip_pruning(model)

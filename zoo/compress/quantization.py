@@ -35,8 +35,7 @@ import tf_keras as keras
 from tensorflow_model_optimization.python.core.quantization.keras.quantize_layer import QuantizeLayer
 
 from zoo.compress.common import check_plain_model, fine_tunable_inference, image_batches, is_binary_conv
-from zoo.layers import HardTanh, SubsampleChannelPad
-from zoo.schemes.rbnn import CenterActivations
+from zoo.layers import CenterActivations, HardTanh, SubsampleChannelPad
 
 qkeras = tfmot.quantization.keras
 log = logging.getLogger(__name__)

@@ -17,7 +17,7 @@ epoch-dependent smooth approximation. This module holds:
 * :class:`RotationUpdate` and :class:`SignSchedule` — the per-epoch callbacks (§1.4,
   §1.5); :meth:`RBNN.callbacks` gives both;
 * the export rule: ``sign(w̃)`` as the ±1 kernel, α folded into the following BN, and
-  the activation centring kept as a :class:`CenterActivations` pre-op (§1.10).
+  the activation centring kept as a :class:`~zoo.layers.CenterActivations` pre-op (§1.10).
 
 Deviations, each a [choice] of docs/methods/rbnn.md#deviations-from-the-paper: ε = 1e-8 / 1e-12
 in the weight / activation std (the activation ε far below any std: the reference has none);
@@ -36,6 +36,7 @@ import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
+from zoo.layers import CenterActivations, center_per_sample
 from zoo.schemes.base import BinaryExport, Reported, Scheme, conv_initializer, conv_output_shape, export_rule
 from zoo.schemes.base import pad_same, storage_rule
 
@@ -117,18 +118,6 @@ def standardize_rows(w):
     """Per-row ``(w − mean) / (unbiased std + ε)`` (§1.3 step 1)."""
     centered = w - tf.reduce_mean(w, axis=1, keepdims=True)
     return centered / (unbiased_std(centered, [1]) + WEIGHT_STD_EPS)
-
-
-def center_per_sample(x):
-    return x - tf.reduce_mean(x, axis=[1, 2, 3], keepdims=True)
-
-
-@keras.utils.register_keras_serializable(package="zoo")
-class CenterActivations(keras.layers.Layer):
-    """``x − mean_{HWC}(x)`` per sample: RBNN's activation centring, kept at inference."""
-
-    def call(self, inputs):
-        return center_per_sample(inputs)
 
 
 @keras.utils.register_keras_serializable(package="zoo")

@@ -5,19 +5,19 @@
 ...                      tuner="bayesian", max_trials=10, epochs=2, output_dir="runs/search")
 >>> model = zoo.load(summary["best_config"], weights=None)    # the best architecture, served by the registry
 
-Modules: :mod:`~zoo.search.ops` (the op set), :mod:`~zoo.search.network` (genotype and
-builder), :mod:`~zoo.search.spaces` (``bnas``, ``bars``), :mod:`~zoo.search.budget`
+Modules: :mod:`~zoo.search.spaces` (``bnas``, ``bars``), :mod:`~zoo.search.budget`
 (costs, limits, the space minimum), :mod:`~zoo.search.tuning` (hypermodel and tuners),
-:mod:`~zoo.search.report` (summary, plot, Pareto front), :mod:`~zoo.search.config` (the
-searched-architecture file), :mod:`~zoo.search.run` (``run_search``), and
-:mod:`~zoo.search.kt`, the one place Keras Tuner is imported. Keras Tuner is loaded only
+:mod:`~zoo.search.report` (summary, plot, Pareto front), :mod:`~zoo.search.run`
+(``run_search``), and :mod:`~zoo.search.kt`, the one place Keras Tuner is imported. What a
+search builds — the op set, the genotype and its builder, the searched-architecture file —
+is an architecture like the others: :mod:`zoo.architectures.searched`. Keras Tuner is loaded only
 when the tuning side is used: the registry reads searched files without it.
 """
 
+from zoo.architectures.searched.config import SearchedArchitecture
+from zoo.architectures.searched.network import Genotype, Node, SearchedNetwork, Stage
+from zoo.architectures.searched.ops import DOWNSAMPLES, OPS, STEMS
 from zoo.search.budget import Budget, BudgetError
-from zoo.search.config import SearchedArchitecture
-from zoo.search.network import Genotype, Node, SearchedNetwork, Stage
-from zoo.search.ops import DOWNSAMPLES, OPS, STEMS
 from zoo.search.spaces import SPACES, get_space
 
 

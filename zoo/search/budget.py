@@ -29,8 +29,9 @@ import larq as lq
 import tf_keras as keras
 
 from zoo import profile, registry
+from zoo.architectures.searched.network import SearchedNetwork
 from zoo.export import to_inference
-from zoo.search.network import SearchedNetwork
+from zoo.text import readable
 
 METRICS = ("binary_macs", "float_macs", "parameters", "latency_ms")
 _ALIASES = {"params": "parameters", "latency": "latency_ms"}
@@ -91,13 +92,6 @@ def _parse_number(value, metric: str) -> float:
     if not match or float(match.group(1)) <= 0:
         raise BudgetError(f"Budget {metric}: expected a positive number with an optional k/M/G suffix, got {value!r}.")
     return float(match.group(1)) * _SUFFIXES[match.group(2)]
-
-
-def readable(value: float) -> str:
-    for unit, size in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
-        if value >= size:
-            return f"{value / size:.3g}{unit}"
-    return f"{value:.3g}"
 
 
 def model_costs(model: keras.Model, latency: bool = False) -> dict:

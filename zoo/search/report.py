@@ -10,21 +10,21 @@ Written into the results directory:
   cheaper and more accurate) marked and joined, trials over budget as crosses on the
   axis (they were not trained), the limit as a dashed line;
 * ``best.json`` — the most accurate trial within budget as a searched architecture
-  (:mod:`zoo.search.config`), served by ``zoo.load(path)`` / ``zoo.register_searched(path)``.
+  (:mod:`zoo.architectures.searched.config`), served by ``zoo.load(path)`` / ``zoo.register_searched(path)``.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from pathlib import Path
 
-from zoo.search.budget import Budget, readable
-from zoo.search.config import SearchedArchitecture
-from zoo.search.network import Genotype
+from zoo.architectures.searched.config import SearchedArchitecture
+from zoo.architectures.searched.network import Genotype
+from zoo.files import atomic_write
+from zoo.search.budget import Budget
 from zoo.search.tuning import trial_metrics
+from zoo.text import markdown_table, readable
 
 COSTS = ("binary_macs", "float_macs", "parameters", "latency_ms")
 _LABELS = {"binary_macs": "binary MACs", "float_macs": "float MACs", "parameters": "parameters (Larq count)",
@@ -136,22 +136,16 @@ def markdown(summary: dict) -> str:
         lines += ["No trial within budget was trained.", ""]
     lines += [f"![accuracy vs {metric}]({Path(summary['plot']).name})", ""]
     headers = ["trial", "status", "scheme", "val acc", "binary MACs", "float MACs", "params", "Pareto", "architecture"]
-    lines += ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    rows = []
     ranked = sorted(summary["trials"], key=lambda r: -(r["score"] if r["score"] is not None else float("-inf")))
     for r in ranked:
         accuracy = f"{r['val_accuracy']:.4f}" if r["val_accuracy"] is not None else (
             "over budget" if r["over_budget"] else "-")
         costs = [readable(r[name]) if name in r else "-" for name in ("binary_macs", "float_macs", "parameters")]
         pareto = "yes" if r["trial_id"] in summary["pareto_front"] else ""
-        lines.append("| " + " | ".join([r["trial_id"], r["status"], r["scheme"], accuracy, *costs, pareto,
-                                          r["architecture"]]) + " |")
+        rows.append([r["trial_id"], r["status"], r["scheme"], accuracy, *costs, pareto, r["architecture"]])
+    lines.append(markdown_table(rows, headers))
     return "\n".join(lines) + "\n"
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".part", delete=False) as tmp:
-        tmp.write(text)
-    os.replace(tmp.name, path)
 
 
 def write_report(output_dir, trials, space, settings: dict, budget: Budget, input_shape, classes: int,
@@ -195,6 +189,6 @@ def write_report(output_dir, trials, space, settings: dict, budget: Budget, inpu
     summary["plot"] = str(plot(records, metric, budget, front, output_dir / f"accuracy_vs_{metric}.png",
                                f"{settings['space']} on {settings['dataset']}: {len(records)} trials, "
                                f"budget {budget.describe()}"))
-    _write_atomic(output_dir / "summary.json", json.dumps(summary, indent=2))
-    _write_atomic(output_dir / "summary.md", markdown(summary))
+    atomic_write(output_dir / "summary.json", json.dumps(summary, indent=2))
+    atomic_write(output_dir / "summary.md", markdown(summary))
     return summary

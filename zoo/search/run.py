@@ -24,11 +24,12 @@ import shutil
 from pathlib import Path
 
 from zoo.data import dataset_info, load_dataset
-from zoo.search.budget import Budget, BudgetError, check_reachable, readable
+from zoo.search.budget import Budget, BudgetError, check_reachable
 from zoo.search.report import write_report
 from zoo.search import tuning
 from zoo.search.spaces import get_space
 from zoo.search.tuning import TUNERS, BinaryHyperModel, make_tuner, role
+from zoo.text import readable
 
 #: settings a resumed search must share with the one it continues (max_trials may grow)
 _FIXED_SETTINGS = ("space", "dataset", "tuner", "budget", "epochs", "schemes", "ops", "train_images", "val_images",

@@ -27,7 +27,7 @@ import tf_keras as keras
 
 from zoo import registry
 from zoo.search.budget import model_costs
-from zoo.search.ops import (
+from zoo.architectures.searched.ops import (
     DOWNSAMPLES,
     OPS,
     STEMS,
@@ -37,7 +37,7 @@ from zoo.search.ops import (
     binary_conv,
     check_names,
 )
-from zoo.search.network import Genotype, Node, Stage
+from zoo.architectures.searched.network import Genotype, Node, Stage
 
 DEFAULT_SCHEMES = ("bnn", "xnor", "bireal")
 

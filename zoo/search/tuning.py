@@ -27,10 +27,11 @@ from pathlib import Path
 import tf_keras as keras
 
 from zoo import registry
-from zoo.search.budget import Budget, model_costs, readable
+from zoo.architectures.searched.network import SearchedNetwork
+from zoo.search.budget import Budget, model_costs
 from zoo.search.kt import keras_tuner as kt
 from keras_tuner.src.distribute import utils as distribute  # noqa: I001  (after zoo.search.kt)
-from zoo.search.network import SearchedNetwork
+from zoo.text import readable
 
 OBJECTIVE = kt.Objective("score", direction="max")
 #: candidates a trial draws, the oracle's first, before it is recorded over budget untrained

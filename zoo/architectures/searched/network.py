@@ -2,12 +2,12 @@
 
 A genotype is the architecture without its binarization scheme:
 
-* ``stem``: the float stem (:data:`~zoo.search.ops.STEMS`), giving the first stage's width;
+* ``stem``: the float stem (:data:`~zoo.architectures.searched.ops.STEMS`), giving the first stage's width;
 * ``stages``: each with a ``width``, a number of ``cells`` and the ``cell`` they repeat,
-  and, from the second stage on, the ``downsample`` (:data:`~zoo.search.ops.DOWNSAMPLES`)
+  and, from the second stage on, the ``downsample`` (:data:`~zoo.architectures.searched.ops.DOWNSAMPLES`)
   that halves the resolution and sets the new width;
 * a cell is a list of nodes; node ``i`` (1-based) sums its edges, each edge an op
-  (:data:`~zoo.search.ops.OPS`) applied to the cell input (index 0) or an earlier node.
+  (:data:`~zoo.architectures.searched.ops.OPS`) applied to the cell input (index 0) or an earlier node.
   The cell's output is ``act(input + Σ nodes no later node reads)``: a real-valued
   shortcut around every cell, which binary networks need for their information flow.
 
@@ -23,7 +23,7 @@ import dataclasses
 import tf_keras as keras
 
 from zoo.architectures.common import Architecture, batch_norm, classifier, model_input, pooled_features
-from zoo.search.ops import DOWNSAMPLES, OPS, STEMS, apply_downsample, apply_op, apply_stem, check_names
+from zoo.architectures.searched.ops import DOWNSAMPLES, OPS, STEMS, apply_downsample, apply_op, apply_stem, check_names
 
 
 @dataclasses.dataclass(frozen=True)

@@ -28,14 +28,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import re
-import tempfile
 from pathlib import Path
 
 from zoo.architectures.common import Architecture
-from zoo.search.network import Genotype, SearchedNetwork
-from zoo.search.ops import OPS
+from zoo.architectures.searched.network import Genotype, SearchedNetwork
+from zoo.architectures.searched.ops import OPS
+from zoo.files import atomic_write
 
 FORMAT = "zoo-searched-architecture"
 VERSION = 1
@@ -207,10 +206,7 @@ class SearchedArchitecture:
     def save(self, path) -> Path:
         """Writes the JSON file atomically."""
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".part", delete=False) as tmp:
-            json.dump(self.to_dict(), tmp, indent=2)
-        os.replace(tmp.name, path)
+        atomic_write(path, json.dumps(self.to_dict(), indent=2))
         return path
 
     @classmethod
