@@ -29,7 +29,7 @@ from common import parse_arguments, write_results  # noqa: E402
 from zoo.text import markdown_table  # noqa: E402
 from sign_flips import binary_kernels  # noqa: E402
 from training.loop import accuracy  # noqa: E402
-from training.recipe import recipe_for  # noqa: E402
+from training.recipes import recipe_for  # noqa: E402
 from zoo.schemes.bonn import bonn_layers  # noqa: E402
 
 INITIALISATIONS = ("one", "inverse_mean")

@@ -22,8 +22,8 @@ import numpy as np  # noqa: E402
 import tf_keras as keras  # noqa: E402
 from common import parse_arguments, write_results  # noqa: E402
 from zoo.text import markdown_table  # noqa: E402
-from training.rbcn import RBCNRecipe  # noqa: E402
-from training.teacher import prepare_teacher  # noqa: E402
+from training.loop import prepare_teacher  # noqa: E402
+from training.recipes.rbcn import RBCNRecipe  # noqa: E402
 from zoo import registry  # noqa: E402
 from zoo.schemes import rbcn  # noqa: E402
 

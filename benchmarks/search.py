@@ -34,7 +34,7 @@ import zoo  # noqa: E402,I001  (first: selects Keras 2)
 import tf_keras as keras  # noqa: E402
 from common import RESULTS, parse_arguments, write_results  # noqa: E402
 from training.loop import train  # noqa: E402
-from training.recipe import Recipe, recipe_for  # noqa: E402
+from training.recipes import Recipe, recipe_for  # noqa: E402
 from zoo.search import run_search  # noqa: E402
 from zoo.search.budget import model_costs  # noqa: E402
 from zoo.text import markdown_table, readable  # noqa: E402

@@ -22,7 +22,7 @@ import numpy as np  # noqa: E402
 import tf_keras as keras  # noqa: E402
 from common import parse_arguments, write_results  # noqa: E402
 from zoo.text import markdown_table  # noqa: E402
-from training.recipe import recipe_for  # noqa: E402
+from training.recipes import recipe_for  # noqa: E402
 from zoo.export import binary_exports  # noqa: E402
 
 

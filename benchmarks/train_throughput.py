@@ -1,6 +1,6 @@
 """Training throughput (images/s on this CPU) of registry models at the same batch.
 
-Each model trains as its method's recipe trains it (``training.recipe.recipe_for``: the
+Each model trains as its method's recipe trains it (``training.recipes.recipe_for``: the
 recipe's wrapper — BONN's trainer with its feature loss, RBCN's adversarial trainer with
 a randomly initialised full-precision teacher — and its optimizer; the per-epoch
 callbacks are outside the timed steps) on random pixels; the first steps (tracing) are
@@ -25,7 +25,7 @@ import zoo  # noqa: E402,I001  (first: selects Keras 2)
 import numpy as np  # noqa: E402
 from common import model_argument, parse_arguments, write_results  # noqa: E402
 from zoo.text import markdown_table  # noqa: E402
-from training.recipe import recipe_for  # noqa: E402
+from training.recipes import recipe_for  # noqa: E402
 from training.teacher import teacher_name  # noqa: E402
 
 

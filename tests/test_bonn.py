@@ -6,7 +6,7 @@ import tensorflow as tf
 import zoo
 from helpers import random_pixels, randomize_batch_norms, relative_error
 from larq_compute_engine.tflite.python.interpreter import Interpreter
-from training.bonn import BONNRecipe, decay_free_variables
+from training.recipes.bonn import BONNRecipe, decay_free_variables
 from zoo.distillation import Distiller
 from zoo.export import convert_lce, op_histogram, to_inference
 from zoo.schemes import bonn

@@ -8,7 +8,7 @@ import tf_keras as keras
 import zoo
 from helpers import random_pixels, randomize_batch_norms, relative_error
 from larq_compute_engine.tflite.python.interpreter import Interpreter
-from training.cbcn import CBCNRecipe
+from training.recipes.cbcn import CBCNRecipe
 from zoo import registry
 from zoo.export import convert_lce, op_histogram, to_inference
 from zoo.profile import costs

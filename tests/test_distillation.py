@@ -5,8 +5,9 @@ import pytest
 import tensorflow as tf
 import zoo
 from helpers import manifest_entry, write_manifest
-from training.recipe import Recipe
-from training.teacher import prepare_teacher, teacher_name
+from training.loop import prepare_teacher
+from training.recipes import Recipe
+from training.teacher import teacher_name
 from zoo.distillation import Distiller, FeatureMatching, KnowledgeDistillation, Outputs, stage_outputs
 from zoo.registry import UnknownModelError
 

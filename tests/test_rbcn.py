@@ -7,9 +7,9 @@ import tf_keras as keras
 import zoo
 from helpers import random_pixels, randomize_batch_norms, relative_error
 from larq_compute_engine.tflite.python.interpreter import Interpreter
-from training.rbcn import RBCNRecipe
-from training.recipe import Recipe
-from training.teacher import prepare_teacher
+from training.loop import prepare_teacher
+from training.recipes import Recipe
+from training.recipes.rbcn import RBCNRecipe
 from zoo import registry
 from zoo.distillation import Distiller
 from zoo.export import convert_lce, op_histogram, to_inference

@@ -9,7 +9,7 @@ import tf_keras as keras
 import zoo
 from helpers import random_pixels, randomize_batch_norms, relative_error
 from larq_compute_engine.tflite.python.interpreter import Interpreter
-from training.rbnn import RBNNRecipe
+from training.recipes.rbnn import RBNNRecipe
 from zoo.export import convert_lce, op_histogram, to_inference
 from zoo.optimizers import SGDCoupledDecay
 from zoo.schemes import rbnn

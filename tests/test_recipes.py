@@ -4,7 +4,7 @@ import zoo  # noqa: F401,I001  (first: selects Keras 2)
 import pytest
 import tensorflow as tf
 
-from training.recipe import Recipe, recipe_for
+from training.recipes import Recipe, recipe_for
 from zoo.optimizers import AdamCoupledDecay
 
 

@@ -22,7 +22,7 @@ from zoo.export import op_histogram, to_inference
 from zoo.schemes import rbnn
 
 from training import artifacts, checkpoint, logs, loop, publish
-from training.recipe import Recipe, recipe_class, recipe_for
+from training.recipes import Recipe, recipe_class, recipe_for
 
 RUN = ["rbnn_resnet20", "--dataset", "fashion_mnist", "--epochs", "2", "--batch-size", "32", "--train-images", "128",
        "--test-images", "64"]

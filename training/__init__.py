@@ -6,7 +6,7 @@
 
 
 def __getattr__(name):
-    # Lazily: ``import training.recipe`` should not pull in the whole loop.
+    # Lazily: ``import training.recipes`` should not pull in the whole loop.
     if name == "train":
         from training.loop import train
 

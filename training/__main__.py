@@ -2,6 +2,6 @@
 
 import sys
 
-from training.cli import main
+from zoo.cli import main
 
-sys.exit(main())
+sys.exit(main(["train", *sys.argv[1:]]))

@@ -96,11 +96,11 @@ def _check_state(state) -> None:
 def check_settings(settings: dict, name=str) -> None:
     """Refuses run settings no run can have (None: not given, the recipe's default), naming
     each as ``name(key)`` (a flag, or a field of ``state.json``): epochs, batch size and
-    image counts that are not positive integers, a negative seed, a learning rate that is
+    image counts that are not positive integers, a negative seed or centre-loss epochs, a learning rate that is
     not positive or a negative weight decay, a method that is not a registered scheme,
     fewer training images than one batch. Raises ValueError."""
-    for key in ("epochs", "batch_size", "train_images", "test_images", "val_images", "seed"):
-        value, least = settings.get(key), 0 if key == "seed" else 1
+    for key in ("epochs", "batch_size", "train_images", "test_images", "val_images", "seed", "centre_loss_epochs"):
+        value, least = settings.get(key), 0 if key in ("seed", "centre_loss_epochs") else 1
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < least):
             kind = "a non-negative" if least == 0 else "a positive"
             raise ValueError(f"{name(key)} must be {kind} integer, got {value!r}.")

@@ -1,18 +1,55 @@
-"""``zoo train`` (and ``python -m training``): the arguments are parsed by ``zoo.cli``."""
+"""``zoo train`` (and ``python -m training``): its arguments, their checks and the run.
+
+``zoo.cli`` adds this command to the ``zoo`` command line (:func:`add_arguments`,
+:func:`run`); nothing here calls the command line back.
+"""
 
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
 
 from zoo import registry
 
 from training.checkpoint import check_settings
-from training.loop import TrainingDiverged, train
-from training.recipe import recipe_for
+from training.recipes import recipe_for
 
 #: exit status when training diverged (2 is argparse's and the zoo's for bad input)
 DIVERGED = 3
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """``zoo train``'s arguments."""
+    parser.add_argument("model", help="a registered model, e.g. rbnn_resnet20")
+    parser.add_argument("--dataset", required=True, help="a TFDS dataset of zoo.load_dataset, e.g. fashion_mnist")
+    parser.add_argument("--epochs", type=int, default=None, help="default: the recipe's (schedules scale to it)")
+    parser.add_argument("--batch-size", type=int, default=None, help="default: the recipe's")
+    parser.add_argument("--data-dir", default=None, help="TFDS data dir (default: $TFDS_DATA_DIR or TFDS's)")
+    parser.add_argument("--output", default=None, help="run directory (default: runs/MODEL-DATASET)")
+    parser.add_argument("--resume", action="store_true", help="continue the run in --output at its next epoch")
+    parser.add_argument("--strategy", choices=("default", "mirrored", "multi_worker"), default="default",
+                        help="tf.distribute strategy; multi_worker reads the cluster from $TF_CONFIG")
+    parser.add_argument("--teacher", default=None, help="teacher for distillation: a registry name or weights path")
+    parser.add_argument("--recipe", default=None, metavar="METHOD", help="train with another method's recipe")
+    parser.add_argument("--train-images", type=int, default=None, help="use the first N training images")
+    parser.add_argument("--test-images", type=int, default=None, help="evaluate on the first N test images")
+    parser.add_argument("--val-images", type=int, default=None,
+                        help="hold out the last N training images for validation (the test split is then "
+                             "only measured); default: validate on the test split")
+    parser.add_argument("--optimizer", choices=("sgd", "adam"), default=None, help="default: the recipe's")
+    parser.add_argument("--learning-rate", type=float, default=None, help="default: the recipe's")
+    parser.add_argument("--weight-decay", type=float, default=None,
+                        help="PyTorch-style (coupled) weight decay; default: the recipe's")
+    parser.add_argument("--schedule", choices=("cosine", "step"), default=None,
+                        help="learning-rate schedule; default: the recipe's (step: CBCN's reference schedule)")
+    parser.add_argument("--centre-loss-epochs", type=int, default=None, metavar="N",
+                        help="CBCN's recipe: the last N epochs fine-tune with the centre loss (default: 10%% of "
+                             "them; 0: none)")
+    parser.add_argument("--seed", type=int, default=None, help="data order, augmentation, initialisation (0)")
+    parser.add_argument("--no-export", action="store_true",
+                        help="skip the weights file, manifest entry and .tflite at the end (logs stay)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars or summary")
 
 
 def _flag(setting: str) -> str:
@@ -24,10 +61,17 @@ def check_flags(args) -> None:
     naming the flag): no silent substitute for a bad value, no empty run directory."""
     given = {"epochs": args.epochs, "batch_size": args.batch_size, "train_images": args.train_images,
              "test_images": args.test_images, "val_images": args.val_images, "seed": args.seed, "method": args.recipe,
-             "learning_rate": args.learning_rate, "weight_decay": args.weight_decay}
+             "learning_rate": args.learning_rate, "weight_decay": args.weight_decay,
+             "centre_loss_epochs": args.centre_loss_epochs}
     check_settings(given, _flag)
-    if args.train_images is not None and args.batch_size is None and not args.resume:  # the recipe's batch
-        batch_size = recipe_for(args.model, args.epochs, method=args.recipe).batch_size
+    if not args.resume and (args.centre_loss_epochs is not None or (
+            args.train_images is not None and args.batch_size is None)):  # the recipe's batch, its fields
+        overrides = {} if args.centre_loss_epochs is None else {"centre_loss_epochs": args.centre_loss_epochs}
+        try:
+            batch_size = recipe_for(args.model, args.epochs, args.batch_size, method=args.recipe,
+                                    **overrides).batch_size
+        except ValueError as err:
+            raise ValueError(f"--centre-loss-epochs: {err}" if overrides else str(err)) from None
         check_settings({**given, "batch_size": batch_size}, _flag)
     teacher = args.teacher
     if (teacher is not None and not args.resume and teacher not in registry.list_models() and "://" not in teacher
@@ -36,6 +80,8 @@ def check_flags(args) -> None:
 
 
 def run(args) -> int:
+    from training.loop import TrainingDiverged, train  # lazily: the loop imports tensorflow_datasets
+
     if args.quiet:
         import tensorflow_datasets as tfds
 
@@ -48,15 +94,10 @@ def run(args) -> int:
               data_dir=args.data_dir, output=output, resume=args.resume, strategy=args.strategy,
               teacher=args.teacher, train_images=args.train_images, test_images=args.test_images,
               val_images=args.val_images, seed=args.seed, optimizer=args.optimizer, learning_rate=args.learning_rate,
-              weight_decay=args.weight_decay, schedule=args.schedule, export=not args.no_export,
+              weight_decay=args.weight_decay, schedule=args.schedule, centre_loss_epochs=args.centre_loss_epochs,
+              export=not args.no_export,
               verbose=0 if args.quiet else 1 if sys.stdout.isatty() else 2)  # a log file: a line per epoch
     except TrainingDiverged as err:
         print(f"zoo train: {err}", file=sys.stderr)
         return DIVERGED
     return 0
-
-
-def main(argv=None) -> int:
-    from zoo.cli import main as zoo_main
-
-    return zoo_main(["train", *(sys.argv[1:] if argv is None else argv)])

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import shlex
 import tempfile
 import time
@@ -34,7 +35,8 @@ from zoo.data import dataset_info
 from zoo.files import atomic_write
 from training import artifacts, checkpoint, logs
 from training.distribute import barrier, distribute_by_data, make_strategy, worker_index
-from training.recipe import Recipe, recipe_for
+from training.recipes import Recipe, recipe_for
+from training.teacher import frozen, pretrained_tag, teacher_and_weights, teacher_name
 
 EVAL_BATCH_SIZE = 256
 REPORT = "report.json"
@@ -82,7 +84,8 @@ def train(model_name: str, dataset: str, *, epochs: int | None = None, batch_siz
           strategy: str = "default", teacher: str | None = None, train_images: int | None = None,
           test_images: int | None = None, val_images: int | None = None, seed: int | None = None,
           optimizer: str | None = None, learning_rate: float | None = None, weight_decay: float | None = None,
-          schedule: str | None = None, export: bool = True, builder_kwargs: dict | None = None, verbose: int = 1):
+          schedule: str | None = None, centre_loss_epochs: int | None = None, export: bool = True,
+          builder_kwargs: dict | None = None, verbose: int = 1):
     """Trains ``model_name`` on ``dataset`` with its method's recipe; returns (model, report).
 
     Args:
@@ -100,6 +103,7 @@ def train(model_name: str, dataset: str, *, epochs: int | None = None, batch_siz
       optimizer, learning_rate, weight_decay, schedule: override the recipe's (``"sgd"`` or
         ``"adam"``; the decay is PyTorch-style, coupled; ``"cosine"`` or a recipe's own, e.g.
         CBCN's ``"step"``).
+      centre_loss_epochs: CBCN's recipe: the epochs of the centre-loss fine-tune at the end.
       seed: data order, augmentation and initialisation (default 0).
       export: with ``output``, write the weights file, manifest entry and .tflite at the end.
       builder_kwargs: architecture keywords (e.g. ``width_multiplier``) for runs without
@@ -117,7 +121,7 @@ def train(model_name: str, dataset: str, *, epochs: int | None = None, batch_siz
     requested = {"model": model_name, "dataset": info["name"], "method": method, "epochs": epochs,
                  "batch_size": batch_size, "train_images": train_images, "teacher": teacher, "seed": seed,
                  "val_images": val_images, "optimizer": optimizer, "learning_rate": learning_rate,
-                 "weight_decay": weight_decay, "schedule": schedule}
+                 "weight_decay": weight_decay, "schedule": schedule, "centre_loss_epochs": centre_loss_epochs}
     checkpoint.check_settings(requested)  # the Python API refuses what the CLI refuses (epochs=0, ...)
     out = Path(output) if output is not None else None
     if builder_kwargs and out is not None:
@@ -208,6 +212,7 @@ def train(model_name: str, dataset: str, *, epochs: int | None = None, batch_siz
         "final_val_accuracy": accuracies[-1] if accuracies else None,
         "bn_recalibration": recalibration,
         "history": history,
+        **recipe.report(history),
         "command": command_line(settings, spec.scheme.name, test_images),
     }
     report["budget"] = {
@@ -229,7 +234,7 @@ def train(model_name: str, dataset: str, *, epochs: int | None = None, batch_siz
 
 #: ``train``'s keyword → the :class:`Recipe` field it overrides
 RECIPE_OVERRIDES = {"optimizer_name": "optimizer", "learning_rate": "learning_rate", "weight_decay": "weight_decay",
-                    "schedule": "schedule"}
+                    "schedule": "schedule", "centre_loss_epochs": "centre_loss_epochs"}
 #: batches of un-augmented training images the BatchNorm statistics are re-estimated on
 RECALIBRATION_BATCHES = 50
 
@@ -298,8 +303,6 @@ def _teacher(recipe: Recipe, settings: dict, data_dir, input_shape, classes: int
     resuming, the checkpoint holds the teacher's weights: it is only built."""
     if settings["teacher"] is None and not recipe.NEEDS_TEACHER:
         return None
-    from training.teacher import prepare_teacher, teacher_name
-
     teacher = settings["teacher"]
     if resuming:
         name = teacher if teacher in registry.list_models() else teacher_name(settings["model"])
@@ -307,6 +310,46 @@ def _teacher(recipe: Recipe, settings: dict, data_dir, input_shape, classes: int
     return prepare_teacher(settings["model"], settings["dataset"], teacher=teacher, data_dir=data_dir,
                            epochs=recipe.epochs, batch_size=recipe.batch_size, train_images=settings["train_images"],
                            seed=settings["seed"], verbose=verbose)
+
+
+def prepare_teacher(student_name: str, dataset: str, teacher=None, *, weights: str | os.PathLike | None = "default",
+                    **train_kwargs) -> keras.Model:
+    """A frozen full-precision teacher for ``student_name`` on ``dataset``.
+
+    Args:
+      student_name: the registered student (its ``fp_`` twin is the default teacher).
+      dataset: the dataset the student trains on (input shape, classes, pretrained tag).
+      teacher: None (the ``fp_`` twin), a registered full-precision model name, a path or
+        URL of a weights file of the ``fp_`` twin, or a ``keras.Model`` (used as it is).
+      weights: for a named teacher: ``"default"`` (the pretrained entry trained on the
+        dataset if the manifest has one, else train first), a tag or weights path/URL, or
+        None (always train first).
+      **train_kwargs: for training the teacher first, :func:`train`'s
+        keywords (``epochs``, ``batch_size``, ``train_images``, ``test_images``,
+        ``data_dir``, ``output``, ``seed``, ``verbose`` (default 0)); epochs and batch
+        size default to the teacher's own recipe, ``output`` keeps that run's artifacts
+        (its weights file included).
+
+    Raises:
+      ValueError: a binary teacher, an unknown model name or pretrained tag.
+    """
+    if isinstance(teacher, keras.Model):
+        return frozen(teacher)
+    name, weights = teacher_and_weights(student_name, teacher, weights)
+    info = dataset_info(dataset)
+    if weights == "default":
+        weights = pretrained_tag(name, info["name"])
+    if weights is not None:
+        shape = info["image_shape"] if None not in info["image_shape"] else None
+        return frozen(zoo.load(name, weights=weights, input_shape=shape, classes=info["num_classes"]))
+
+    train_kwargs.setdefault("verbose", 0)
+    if train_kwargs["verbose"]:
+        print(f"Training the teacher {name} on {info['name']} first (no pretrained weights given or listed).")
+    model, report = train(name, info["name"], **train_kwargs)
+    if train_kwargs["verbose"]:
+        print(f"Teacher {name}: best test accuracy {report['best_val_accuracy']:.4f}.")
+    return frozen(model)
 
 
 def _callbacks_on(callbacks, trainable, model, model_name, epochs) -> list:
@@ -342,7 +385,7 @@ def command_line(settings: dict, scheme: str, test_images: int | None) -> str:
                 "--teacher": settings["teacher"], "--seed": settings["seed"] or None,
                 "--val-images": settings.get("val_images"), "--optimizer": settings.get("optimizer"),
                 "--learning-rate": settings.get("learning_rate"), "--weight-decay": settings.get("weight_decay"),
-                "--schedule": settings.get("schedule")}
+                "--schedule": settings.get("schedule"), "--centre-loss-epochs": settings.get("centre_loss_epochs")}
     for flag, value in optional.items():
         if value is not None:
             parts += [flag, str(value)]

@@ -25,7 +25,7 @@ import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 from zoo.text import text_table
-from training.recipe import recipe_for
+from training.recipes import recipe_for
 
 PRETRAINED_TAG = "fashion_mnist"
 #: the fine-tune: the method's recipe with Adam, a cosine decay to 0 (per epoch), batch 64, seed 0 (both runs)

@@ -7,6 +7,7 @@ import json
 import sys
 from pathlib import Path
 
+from training import cli as train_command
 from zoo.text import readable, text_table
 
 
@@ -83,12 +84,6 @@ def cmd_info(args) -> int:
     else:
         print("\nPretrained weights: none yet (zoo.load(..., weights=None) gives a randomly initialised model)")
     return 0
-
-
-def cmd_train(args) -> int:
-    from training.cli import run  # lazily: the library never imports training
-
-    return run(args)
 
 
 def cmd_search(args) -> int:
@@ -203,48 +198,40 @@ def cmd_port(args) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="zoo", description="1-bit CNN model zoo.")
     commands = parser.add_subparsers(dest="command", required=True)
+    _add_list_command(commands)
+    _add_info_command(commands)
+    _add_train_command(commands)
+    _add_search_command(commands)
+    _add_convert_command(commands)
+    _add_benchmark_command(commands)
+    _add_compress_command(commands)
+    _add_port_command(commands)
+    return parser
 
+
+def _add_list_command(commands) -> None:
     listing = commands.add_parser("list", help="list registered models")
     listing.add_argument("pattern", nargs="?", default="*", help="shell-style pattern, e.g. 'bnn_*'")
     listing.add_argument("--pretrained", action="store_true", help="only models with pretrained weights")
     listing.add_argument("--json", action="store_true", help="print JSON instead of a table")
     listing.set_defaults(run=cmd_list)
 
+
+def _add_info_command(commands) -> None:
     details = commands.add_parser("info", help="describe a model: method, input, costs, weights")
     details.add_argument("name")
     details.add_argument("--input-shape", type=_parse_shape, default=None, help="H,W,C (default: the architecture's)")
     details.add_argument("--json", action="store_true", help="print JSON instead of a table")
     details.set_defaults(run=cmd_info)
 
-    training = commands.add_parser("train", help="train a model with its method's recipe (checkpoints, logs, exports)")
-    training.add_argument("model", help="a registered model, e.g. rbnn_resnet20")
-    training.add_argument("--dataset", required=True, help="a TFDS dataset of zoo.load_dataset, e.g. fashion_mnist")
-    training.add_argument("--epochs", type=int, default=None, help="default: the recipe's (schedules scale to it)")
-    training.add_argument("--batch-size", type=int, default=None, help="default: the recipe's")
-    training.add_argument("--data-dir", default=None, help="TFDS data dir (default: $TFDS_DATA_DIR or TFDS's)")
-    training.add_argument("--output", default=None, help="run directory (default: runs/MODEL-DATASET)")
-    training.add_argument("--resume", action="store_true", help="continue the run in --output at its next epoch")
-    training.add_argument("--strategy", choices=("default", "mirrored", "multi_worker"), default="default",
-                          help="tf.distribute strategy; multi_worker reads the cluster from $TF_CONFIG")
-    training.add_argument("--teacher", default=None, help="teacher for distillation: a registry name or weights path")
-    training.add_argument("--recipe", default=None, metavar="METHOD", help="train with another method's recipe")
-    training.add_argument("--train-images", type=int, default=None, help="use the first N training images")
-    training.add_argument("--test-images", type=int, default=None, help="evaluate on the first N test images")
-    training.add_argument("--val-images", type=int, default=None,
-                          help="hold out the last N training images for validation (the test split is then "
-                               "only measured); default: validate on the test split")
-    training.add_argument("--optimizer", choices=("sgd", "adam"), default=None, help="default: the recipe's")
-    training.add_argument("--learning-rate", type=float, default=None, help="default: the recipe's")
-    training.add_argument("--weight-decay", type=float, default=None,
-                          help="PyTorch-style (coupled) weight decay; default: the recipe's")
-    training.add_argument("--schedule", choices=("cosine", "step"), default=None,
-                          help="learning-rate schedule; default: the recipe's (step: CBCN's reference schedule)")
-    training.add_argument("--seed", type=int, default=None, help="data order, augmentation, initialisation (0)")
-    training.add_argument("--no-export", action="store_true",
-                          help="skip the weights file, manifest entry and .tflite at the end (logs stay)")
-    training.add_argument("--quiet", action="store_true", help="no progress bars or summary")
-    training.set_defaults(run=cmd_train)
 
+def _add_train_command(commands) -> None:
+    training = commands.add_parser("train", help="train a model with its method's recipe (checkpoints, logs, exports)")
+    train_command.add_arguments(training)
+    training.set_defaults(run=train_command.run)
+
+
+def _add_search_command(commands) -> None:
     search = commands.add_parser(
         "search", help="search a binary architecture under a budget (Keras Tuner; resumable, distributable)",
         description="Keras Tuner search of a binary architecture; rerun the same command to resume. Distributed: "
@@ -273,6 +260,8 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--quiet", action="store_true", help="no progress or summary")
     search.set_defaults(run=cmd_search)
 
+
+def _add_convert_command(commands) -> None:
     converting = commands.add_parser("convert", help="convert a model to a .tflite for Android (LCE), verified")
     converting.add_argument("name", help="a registered model, e.g. bnn_resnet18")
     converting.add_argument("-o", "--output", required=True, help="the .tflite file to write (atomically)")
@@ -295,6 +284,8 @@ def build_parser() -> argparse.ArgumentParser:
     converting.add_argument("--quiet", action="store_true", help="no progress lines")
     converting.set_defaults(run=cmd_convert)
 
+
+def _add_benchmark_command(commands) -> None:
     timing = commands.add_parser("benchmark", help="latency of a model or .tflite in LCE's interpreter")
     timing.add_argument("model", metavar="NAME_OR_TFLITE", help="a registered model or a .tflite file")
     timing.add_argument("--vs", action="append", default=None, metavar="NAME_OR_TFLITE",
@@ -312,6 +303,8 @@ def build_parser() -> argparse.ArgumentParser:
     timing.add_argument("--quiet", action="store_true", help="no progress lines")
     timing.set_defaults(run=cmd_benchmark)
 
+
+def _add_compress_command(commands) -> None:
     compressing = commands.add_parser(
         "compress", help="prune, fine-tune, quantize (QAT), export and report a smaller model (TF-MOT)",
         description="prune -> fine-tune -> QAT -> fine-tune -> export -> report: test accuracy before/after, "
@@ -350,6 +343,8 @@ def build_parser() -> argparse.ArgumentParser:
     compressing.add_argument("--quiet", action="store_true", help="no progress lines")
     compressing.set_defaults(run=cmd_compress)
 
+
+def _add_port_command(commands) -> None:
     porting = commands.add_parser(
         "port", help="an official PyTorch checkpoint as zoo weights (RBNN: resnet20, resnet18, resnet34)",
         description="Maps the authors' state dict onto rbnn_<arch>_official, every name and shape checked, "
@@ -360,7 +355,7 @@ def build_parser() -> argparse.ArgumentParser:
     porting.add_argument("--arch", choices=("resnet20", "resnet18", "resnet34"), default=None,
                          help="default: the layout the checkpoint's names fit best")
     porting.set_defaults(run=cmd_port)
-    return parser
+
 
 
 def user_errors() -> tuple[type[Exception], ...]:

@@ -66,7 +66,7 @@ def _zero_padded(scheme):
     return zero_padded
 
 
-def _basic_block(x, scheme, filters, strides, shortcut_kind, shortcut_every_conv, name, torch_padding=False):
+def basic_block(x, scheme, filters, strides, shortcut_kind, shortcut_every_conv, name, torch_padding=False):
     shortcut = _shortcut(x, scheme, filters, strides, shortcut_kind, name)
     if torch_padding and strides != 1:
         conv = scheme.conv(filters, 3, strides, name=f"{name}_conv1", mirrored=True)
@@ -143,7 +143,7 @@ def build_resnet(
     for stage, (blocks, filters) in enumerate(zip(blocks_per_stage, widths), start=1):
         for block in range(1, blocks + 1):
             strides = 2 if stage > 1 and block == 1 else 1
-            x = _basic_block(
+            x = basic_block(
                 x, scheme, filters, strides, shortcut_kind, every_conv,
                 name=f"stage{stage}_block{block}", torch_padding=torch_padding,
             )

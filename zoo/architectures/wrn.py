@@ -31,7 +31,7 @@ from zoo.architectures.common import (
     pooled_features,
     scaled_widths,
 )
-from zoo.architectures.resnet import _basic_block
+from zoo.architectures.resnet import basic_block
 
 STEM_WIDTH = 16
 
@@ -70,7 +70,7 @@ def build_wrn(
     for stage, filters in enumerate(stage_widths, start=1):
         for block in range(1, (depth - 4) // 6 + 1):
             strides = 2 if stage > 1 and block == 1 else 1
-            x = _basic_block(x, scheme, filters, strides, "float", scheme.shortcut_every_conv,
+            x = basic_block(x, scheme, filters, strides, "float", scheme.shortcut_every_conv,
                              name=f"stage{stage}_block{block}")
     x = pooled_features(x, include_top, pooling)
     if include_top:

@@ -366,7 +366,7 @@ class BatchNormRetraining(keras.callbacks.Callback):
     It runs after the epoch's last batch when the number of steps is known, so that the
     epoch's validation already sees it (otherwise at the epoch's end); it logs
     ``bn_retraining_loss``. It needs ``fit`` to run on an :class:`AdversarialTrainer`, so
-    it is the RBCN recipe's callback (``training.rbcn``), not a scheme callback
+    it is the RBCN recipe's callback (``training.recipes.rbcn``), not a scheme callback
     (``zoo.callbacks`` are bound to the bare student).
     """
 
@@ -382,7 +382,7 @@ class BatchNormRetraining(keras.callbacks.Callback):
         if not isinstance(self.model, AdversarialTrainer):
             raise TypeError(
                 "RBCN's BN-retraining pass runs on its adversarial trainer: fit "
-                "zoo.schemes.rbcn.AdversarialTrainer(model, teacher) (training.rbcn's recipe.wrap does), "
+                "zoo.schemes.rbcn.AdversarialTrainer(model, teacher) (training.recipes.rbcn's recipe.wrap does), "
                 f"not {type(self.model).__name__} {self.model.name!r}."
             )
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 import dataclasses
 from typing import ClassVar
 
-from training.recipe import Recipe
+from training.recipes.base import Recipe
 
 
 @dataclasses.dataclass(frozen=True)
@@ -28,6 +28,3 @@ class RBNNRecipe(Recipe):
 
     CIFAR_DEFAULTS: ClassVar[tuple[int, int, int]] = (1000, 256, 5)
     IMAGENET_DEFAULTS: ClassVar[tuple[int, int, int]] = (150, 512, 0)
-
-
-RECIPE = RBNNRecipe

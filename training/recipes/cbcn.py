@@ -14,17 +14,16 @@ same 10 % fine-tune stage (180 + 20 epochs).
 
 Scale a run down with ``epochs`` (the total): the step decays sit at the same fractions
 of the main stage (every 2/9 of it) and the fine-tune is the last 10 % of the epochs
-(none below 5 epochs); ``centre_loss_epochs`` sets it explicitly (0: no fine-tune).
+(none below 5 epochs); ``centre_loss_epochs`` (``--centre-loss-epochs``) sets it
+explicitly (0: no fine-tune). A run's report gives the best accuracy of each stage.
 
-    python -m training.cbcn --model cbcn_resnet18 --dataset imagenet2012
-    python -m training.cbcn --model cbcn_resnet20 --dataset fashion_mnist --epochs 3 --centre-loss-epochs 1
+    zoo train cbcn_resnet18 --dataset imagenet2012
+    zoo train cbcn_resnet20 --dataset fashion_mnist --epochs 3 --centre-loss-epochs 1
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import json
 import math
 from typing import ClassVar
 
@@ -32,8 +31,7 @@ import zoo  # noqa: F401,I001  (first: selects Keras 2)
 import tf_keras as keras
 from zoo.schemes.cbcn import CENTRE_LOSS_WEIGHT, CENTRE_RATE, CentreLossModel, CentreLossStage
 
-from training.loop import train
-from training.recipe import Recipe
+from training.recipes.base import Recipe
 
 #: the reference schedule: lr × 0.1 every 20 of 90 epochs
 REFERENCE_EPOCHS, REFERENCE_DECAY_EVERY = 90, 20
@@ -96,39 +94,11 @@ class CBCNRecipe(Recipe):
         stage = [CentreLossStage(self.main_epochs, self.centre_loss_weight)] if self.centre_loss_epochs else []
         return [*super().callbacks(model_name), *stage]
 
+    def report(self, history: list[dict]) -> dict:
+        """Best validation accuracy without and with the centre-loss fine-tune (§4.6 reports both)."""
+        accuracies = [row["val_accuracy"] for row in history if "val_accuracy" in row]
+        return {
+            "best_val_accuracy_main_stage": max(accuracies[:self.main_epochs], default=None),
+            "best_val_accuracy_centre_loss_stage": max(accuracies[self.main_epochs:], default=None),
+        }
 
-RECIPE = CBCNRecipe
-
-
-def stage_accuracies(report: dict, recipe: CBCNRecipe) -> dict:
-    """Best test accuracy without and with the centre-loss fine-tune (§4.6 reports both)."""
-    accuracies = [row["val_accuracy"] for row in report["history"]]
-    return {
-        "best_val_accuracy_main_stage": max(accuracies[:recipe.main_epochs], default=None),
-        "best_val_accuracy_centre_loss_stage": max(accuracies[recipe.main_epochs:], default=None),
-    }
-
-
-def main(argv=None):
-    parser = argparse.ArgumentParser(description="Train a model with the CBCN recipe.")
-    parser.add_argument("--model", default="cbcn_resnet20")
-    parser.add_argument("--dataset", default="cifar10")
-    parser.add_argument("--epochs", type=int, default=None, help="all epochs, fine-tune included; default: the paper's")
-    parser.add_argument("--centre-loss-epochs", type=int, default=None,
-                        help="the last epochs fine-tune with the centre loss (default: 10%% of them; 0: none)")
-    parser.add_argument("--batch-size", type=int, default=None, help="default: the paper's")
-    parser.add_argument("--train-images", type=int, default=None, help="limit the train split")
-    parser.add_argument("--test-images", type=int, default=None, help="limit the test split")
-    parser.add_argument("--data-dir", default=None)
-    parser.add_argument("--quiet", action="store_true")
-    args = parser.parse_args(argv)
-    overrides = {} if args.centre_loss_epochs is None else {"centre_loss_epochs": args.centre_loss_epochs}
-    recipe = CBCNRecipe.for_model(args.model, args.epochs, args.batch_size, **overrides)
-    _, report = train(args.model, args.dataset, recipe=recipe, data_dir=args.data_dir, train_images=args.train_images,
-                      test_images=args.test_images, verbose=0 if args.quiet else 1)
-    print(json.dumps({**{k: v for k, v in report.items() if k != "history"}, **stage_accuracies(report, recipe)}))
-    return report
-
-
-if __name__ == "__main__":
-    main()

@@ -1,9 +1,10 @@
-"""What every method's recipe provides, the default recipe, and the lookup by model name.
+"""What every method's recipe provides, and the default recipe.
 
 A recipe is a method's training settings: optimizer, learning-rate schedule, per-epoch
 callbacks, and optionally a wrapper around the model for a custom ``train_step``
-(distillation, adversarial training). ``training.<scheme name>`` modules define a
-``RECIPE`` class for methods with their own settings; other models get :class:`Recipe`.
+(distillation, adversarial training). Methods with their own settings subclass
+:class:`Recipe` (``training/recipes/<method>.py``) and are registered by method name in
+:mod:`training.recipes`; other models get :class:`Recipe`.
 
 The default recipe is the common setting of this line of work on CIFAR-style data:
 SGD momentum 0.9, learning rate 0.1, PyTorch-style (coupled) weight decay 1e-4 on every
@@ -16,7 +17,6 @@ run covers the whole schedule; the warm-up is dropped below 10 epochs.
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import math
 from typing import ClassVar
 
@@ -100,21 +100,6 @@ class Recipe:
     def compile(self, model: keras.Model) -> None:
         model.compile(self.optimizer(), self.loss(), metrics=["accuracy"])
 
-
-def recipe_class(method: str) -> type[Recipe]:
-    """The recipe of a method (a scheme name): ``training.<method>.RECIPE`` if that module exists."""
-    try:
-        module = importlib.import_module(f"training.{method}")
-    except ModuleNotFoundError as err:
-        if err.name != f"training.{method}":
-            raise
-        return Recipe
-    return module.RECIPE
-
-
-def recipe_for(model_name: str, epochs: int | None = None, batch_size: int | None = None,
-               method: str | None = None, **overrides) -> Recipe:
-    """The recipe to train ``model_name`` with: its own method's, or ``method``'s (same-budget
-    comparisons train a baseline with the compared method's settings)."""
-    method = method or registry.get_model_spec(model_name).scheme.name
-    return recipe_class(method).for_model(model_name, epochs, batch_size, **overrides)
+    def report(self, history: list[dict]) -> dict:
+        """What the recipe adds to a finished run's report (e.g. per-stage accuracies)."""
+        return {}

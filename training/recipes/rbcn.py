@@ -14,23 +14,20 @@ comparison) get the optimizer and schedule only: no teacher, no discriminators.
 
 Scale a run down with ``epochs``: the cosine schedule is a function of the epoch fraction.
 
-    python -m training.rbcn --model rbcn_resnet20 --dataset fashion_mnist --epochs 3
-    python -m training.rbcn --model rbcn_resnet20 --dataset fashion_mnist --teacher runs/fp/fp_resnet20-fashion_mnist.h5
+    zoo train rbcn_resnet20 --dataset fashion_mnist --epochs 3
+    zoo train rbcn_resnet20 --dataset fashion_mnist --teacher fp_bireal_resnet20
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import json
 from typing import ClassVar
 
 import zoo  # noqa: F401,I001  (first: selects Keras 2)
 import tf_keras as keras
 from zoo.schemes.rbcn import DISCRIMINATOR_LEARNING_RATE, AdversarialTrainer, BatchNormRetraining, rectified_layers
 
-from training.loop import train
-from training.recipe import Recipe
+from training.recipes.base import Recipe
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,7 +48,7 @@ class RBCNRecipe(Recipe):
         if teacher is None:
             raise ValueError(
                 f"RBCN trains {model.name!r} against a frozen full-precision teacher: pass one "
-                "(training.teacher.prepare_teacher gives the fp_ twin, loaded or trained first)."
+                "(training.loop.prepare_teacher gives the fp_ twin, loaded or trained first)."
             )
         return AdversarialTrainer(model, teacher, adversarial_weight=self.adversarial_weight,
                                   rectifier_learning_rate_scale=self.rectifier_learning_rate_scale)
@@ -70,30 +67,3 @@ class RBCNRecipe(Recipe):
             callbacks.insert(0, BatchNormRetraining(self.bn_retraining_fraction))
         return callbacks
 
-
-RECIPE = RBCNRecipe
-
-
-def main(argv=None):
-    parser = argparse.ArgumentParser(description="Train a model with the RBCN recipe (teacher + discriminators).")
-    parser.add_argument("--model", default="rbcn_resnet20")
-    parser.add_argument("--dataset", default="cifar10")
-    parser.add_argument("--epochs", type=int, default=None, help="default: the recipe's")
-    parser.add_argument("--batch-size", type=int, default=None, help="default: the recipe's")
-    parser.add_argument("--teacher", default=None,
-                        help="a full-precision model name or a weights file of the fp_ twin (default: the fp_ twin, "
-                             "pretrained if the manifest lists it for the dataset, else trained first with the "
-                             "student's epochs, batch size and images)")
-    parser.add_argument("--train-images", type=int, default=None, help="limit the train split")
-    parser.add_argument("--data-dir", default=None)
-    parser.add_argument("--quiet", action="store_true")
-    args = parser.parse_args(argv)
-    recipe = RBCNRecipe.for_model(args.model, args.epochs, args.batch_size)
-    _, report = train(args.model, args.dataset, recipe=recipe, teacher=args.teacher, data_dir=args.data_dir,
-                      train_images=args.train_images, verbose=0 if args.quiet else 1)
-    print(json.dumps({k: v for k, v in report.items() if k != "history"}))
-    return report
-
-
-if __name__ == "__main__":
-    main()

@@ -26,7 +26,7 @@ import tf_keras as keras
 from zoo.export import binary_exports
 from zoo.schemes.bonn import CENTRE_RATE, FEATURE_LOSS_WEIGHT, BONNTrainer, bonn_layers
 
-from training.recipe import Recipe
+from training.recipes.base import Recipe
 
 
 def decay_free_variables(model: keras.Model) -> list:
@@ -62,7 +62,3 @@ class BONNRecipe(Recipe):
         optimizer = self.optimizer()
         optimizer.exclude_from_weight_decay(var_list=decay_free_variables(model))
         model.compile(optimizer, self.loss(), metrics=["accuracy"])
-
-
-RECIPE = BONNRecipe
-
