@@ -108,6 +108,40 @@ def model_input(
     return inputs, normalized, classes
 
 
+@dataclasses.dataclass(frozen=True)
+class ModelInput:
+    """What a builder's keras.applications-style keywords give it (:func:`application_input`)."""
+
+    inputs: object
+    #: the normalised pixels the network starts from
+    features: object
+    classes: int
+    include_top: bool
+    pooling: str | None
+    classifier_activation: object
+
+    def pooled_head(self, x):
+        """Global pooling (``pooling``, always average with the top), then with the top a
+        BN and the float dense classifier: the head of the zoo's ResNets."""
+        x = pooled_features(x, self.include_top, self.pooling)
+        if self.include_top:
+            x = batch_norm("head_bn")(x)
+            x = classifier(x, self.classes, self.classifier_activation)
+        return x
+
+
+def application_input(
+    arch: Architecture, *, include_top=True, input_tensor=None, input_shape=None, classes=None, pooling=None,
+    classifier_activation="softmax", input_mean=None, input_std=None,
+) -> ModelInput:
+    """The keyword arguments every builder takes, as keras.applications' builders (plus
+    ``input_mean`` / ``input_std``, the in-model normalisation), checked: the model's
+    input, its normalised features and the head settings (:func:`model_input`)."""
+    inputs, features, classes = model_input(arch, input_shape, classes, input_mean, input_std,
+                                            input_tensor=input_tensor, include_top=include_top)
+    return ModelInput(inputs, features, classes, include_top, pooling, classifier_activation)
+
+
 def batch_norm(name: str) -> keras.layers.BatchNormalization:
     """PyTorch BN defaults ported to Keras (momentum 0.9, epsilon 1e-5; docs/methods/conventions.md#batchnorm-initialisers-and-weight-decay)."""
     return keras.layers.BatchNormalization(momentum=0.9, epsilon=1e-5, name=name)

@@ -29,11 +29,9 @@ import tf_keras as keras
 
 from zoo.architectures.common import (
     Architecture,
+    application_input,
     batch_norm,
-    classifier,
     float_conv,
-    model_input,
-    pooled_features,
     scaled_widths,
 )
 from zoo.layers import MirrorSpatial, SubsampleChannelPad
@@ -97,16 +95,9 @@ def build_resnet(
     widths,
     shortcut_kind: str,
     shortcut_every_conv: bool | None = None,
-    include_top=True,
-    input_tensor=None,
-    input_shape=None,
-    classes=None,
-    pooling=None,
-    classifier_activation="softmax",
-    input_mean=None,
-    input_std=None,
     width_multiplier=None,
     torch_padding: bool = False,
+    **options,
 ):
     """Builds any ResNet of this module; the factories below fix its hyper-parameters.
 
@@ -114,10 +105,10 @@ def build_resnet(
     ``torch_padding`` pads as the PyTorch reference code: binary convs with 0 after
     binarization, the 7x7/2 stem conv with 3 on every side, stride-2 binary convs and the
     max-pool before the input as well as after it (between :class:`MirrorSpatial` layers).
+    The other keywords are those of :func:`~zoo.architectures.common.application_input`.
     """
-    inputs, x, classes = model_input(
-        arch, input_shape, classes, input_mean, input_std, input_tensor=input_tensor, include_top=include_top
-    )
+    net = application_input(arch, **options)
+    x = net.features
     widths = scaled_widths(widths, scheme, width_multiplier)
     if torch_padding:
         scheme = _zero_padded(scheme)
@@ -148,11 +139,7 @@ def build_resnet(
                 name=f"stage{stage}_block{block}", torch_padding=torch_padding,
             )
 
-    x = pooled_features(x, include_top, pooling)
-    if include_top:
-        x = batch_norm("head_bn")(x)
-        x = classifier(x, classes, classifier_activation)
-    return keras.Model(inputs, x, name=f"{scheme.name}_{arch.name}")
+    return keras.Model(net.inputs, net.pooled_head(x), name=f"{scheme.name}_{arch.name}")
 
 
 def resnet18(scheme, **kwargs):

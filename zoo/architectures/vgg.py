@@ -11,10 +11,10 @@ import tf_keras as keras
 
 from zoo.architectures.common import (
     Architecture,
+    application_input,
     batch_norm,
     classifier,
     float_conv,
-    model_input,
     pooled_features,
     scaled_widths,
 )
@@ -22,23 +22,11 @@ from zoo.architectures.common import (
 _BODY = ((128, True), (256, False), (256, True), (512, False), (512, True))
 
 
-def vgg_small(
-    scheme,
-    *,
-    include_top=True,
-    input_tensor=None,
-    input_shape=None,
-    classes=None,
-    pooling=None,
-    classifier_activation="softmax",
-    input_mean=None,
-    input_std=None,
-    width_multiplier=None,
-):
-    """VGG-small for 32x32 (or 28x28) inputs; ``width_multiplier`` as in the ResNets."""
-    inputs, x, classes = model_input(
-        VGG_SMALL, input_shape, classes, input_mean, input_std, input_tensor=input_tensor, include_top=include_top
-    )
+def vgg_small(scheme, *, width_multiplier=None, **options):
+    """VGG-small for 32x32 (or 28x28) inputs; ``width_multiplier`` as in the ResNets, the
+    other keywords those of :func:`~zoo.architectures.common.application_input`."""
+    net = application_input(VGG_SMALL, **options)
+    x = net.features
     stem_width, *body_widths = scaled_widths((128, *(f for f, _ in _BODY)), scheme, width_multiplier)
     x = float_conv(stem_width, 3, 1, name="stem_conv")(x)
     x = batch_norm("stem_bn")(x)
@@ -49,12 +37,12 @@ def vgg_small(
             x = keras.layers.MaxPooling2D(2, name=f"pool{i}")(x)
         x = batch_norm(f"bn{i}")(x)
         x = scheme.activation_layer(f"act{i}")(x)
-    if include_top:
+    if net.include_top:
         x = keras.layers.Flatten(name="flatten")(x)
-        x = classifier(x, classes, classifier_activation)
+        x = classifier(x, net.classes, net.classifier_activation)
     else:
-        x = pooled_features(x, include_top, pooling)
-    return keras.Model(inputs, x, name=f"{scheme.name}_vgg_small")
+        x = pooled_features(x, net.include_top, net.pooling)
+    return keras.Model(net.inputs, x, name=f"{scheme.name}_vgg_small")
 
 
 VGG_SMALL = Architecture(

@@ -24,11 +24,9 @@ import tf_keras as keras
 
 from zoo.architectures.common import (
     Architecture,
+    application_input,
     batch_norm,
-    classifier,
     float_conv,
-    model_input,
-    pooled_features,
     scaled_widths,
 )
 from zoo.architectures.resnet import basic_block
@@ -42,29 +40,21 @@ def build_wrn(
     *,
     depth: int,
     width: int = 4,
-    include_top=True,
-    input_tensor=None,
-    input_shape=None,
-    classes=None,
-    pooling=None,
-    classifier_activation="softmax",
-    input_mean=None,
-    input_std=None,
     width_multiplier=None,
+    **options,
 ):
     """WRN-``depth``-``width``; ``depth`` = 6·n + 4 (n blocks a stage). ``width_multiplier``
-    multiplies every width, the stem's too, as in the ResNets (default: the scheme's)."""
+    multiplies every width, the stem's too, as in the ResNets (default: the scheme's); the
+    other keywords are those of :func:`~zoo.architectures.common.application_input`."""
     if (depth - 4) % 6 or depth < 10:
         raise ValueError(f"{arch.name}: WRN depth must be 6n + 4 with n >= 1, got {depth}.")
     if not isinstance(width, int) or width < 1:
         raise ValueError(f"{arch.name}: width must be a positive integer, got {width!r}.")
-    inputs, x, classes = model_input(
-        arch, input_shape, classes, input_mean, input_std, input_tensor=input_tensor, include_top=include_top
-    )
+    net = application_input(arch, **options)
     stem_width, *stage_widths = scaled_widths(
         (STEM_WIDTH, 16 * width, 32 * width, 64 * width), scheme, width_multiplier
     )
-    x = float_conv(stem_width, 3, 1, name="stem_conv")(x)
+    x = float_conv(stem_width, 3, 1, name="stem_conv")(net.features)
     x = batch_norm("stem_bn")(x)
     x = scheme.activation_layer("stem_act")(x)
     for stage, filters in enumerate(stage_widths, start=1):
@@ -72,11 +62,7 @@ def build_wrn(
             strides = 2 if stage > 1 and block == 1 else 1
             x = basic_block(x, scheme, filters, strides, "float", scheme.shortcut_every_conv,
                              name=f"stage{stage}_block{block}")
-    x = pooled_features(x, include_top, pooling)
-    if include_top:
-        x = batch_norm("head_bn")(x)
-        x = classifier(x, classes, classifier_activation)
-    return keras.Model(inputs, x, name=f"{scheme.name}_{arch.name}")
+    return keras.Model(net.inputs, net.pooled_head(x), name=f"{scheme.name}_{arch.name}")
 
 
 def wrn22(scheme, *, width=4, **kwargs):

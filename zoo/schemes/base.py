@@ -149,6 +149,43 @@ def pad_same(x, kernel_size, strides, value: float):
     return tf.pad(x, pads + [[0, 0]], constant_values=value)
 
 
+class BinaryConv2D(keras.layers.Layer):
+    """What the zoo's own binary convs (NHWC) share: their geometry — ``filters``,
+    ``kernel_size``, ``strides``, ``padding`` ("same" or "valid") — TF "same" padding with
+    ``pad_values`` after binarization (as LCE pads: :meth:`pad`), the output shape and the
+    config. A subclass adds its variables, ``call`` and its own config entries; it is
+    registered for serialisation under its own name, so saved configs and weights (by
+    layer and variable name) do not depend on this class."""
+
+    def __init__(self, filters: int, kernel_size, strides=1, padding: str = "same", pad_values: float = 1.0,
+                 **kwargs):
+        super().__init__(**kwargs)
+        self.filters = int(filters)
+        self.kernel_size = tuple(np.broadcast_to(kernel_size, 2).tolist())
+        self.strides = tuple(np.broadcast_to(strides, 2).tolist())
+        if padding not in ("same", "valid"):
+            raise ValueError(f"{self.name}: padding must be 'same' or 'valid', got {padding!r}.")
+        self.padding = padding
+        self.pad_values = float(pad_values)
+
+    def pad(self, x):
+        """``x`` (binarized) padded for a "VALID" conv: TF "same" padding with ``pad_values``."""
+        return x if self.padding == "valid" else pad_same(x, self.kernel_size, self.strides, self.pad_values)
+
+    def compute_output_shape(self, input_shape):
+        return conv_output_shape(input_shape, self.kernel_size, self.strides, self.padding, self.filters)
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "filters": self.filters,
+            "kernel_size": self.kernel_size,
+            "strides": self.strides,
+            "padding": self.padding,
+            "pad_values": self.pad_values,
+        }
+
+
 def split_scaled_sign(quantized_kernel: np.ndarray, layer_name: str):
     """Write a quantized HWIO kernel as ``sign * scale`` with one scale per output channel.
 

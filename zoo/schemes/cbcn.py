@@ -42,7 +42,7 @@ import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
-from zoo.schemes.base import BinaryExport, Reported, Scheme, conv_output_shape, export_rule, pad_same
+from zoo.schemes.base import BinaryConv2D, BinaryExport, Reported, Scheme, export_rule
 from zoo.schemes.bonn import centre_update
 
 ORIENTATIONS = 4
@@ -82,7 +82,7 @@ def circulant_kernel(latent, index: np.ndarray):
 
 
 @keras.utils.register_keras_serializable(package="zoo")
-class CirculantBinaryConv2D(keras.layers.Layer):
+class CirculantBinaryConv2D(BinaryConv2D):
     """The circulant binary convolution (docs/methods/cbcn.md#what-the-layer-computes), NHWC.
 
     ``filters`` is the number of output channels, ``N·C_out``; the input must have
@@ -95,21 +95,14 @@ class CirculantBinaryConv2D(keras.layers.Layer):
 
     def __init__(self, filters: int, kernel_size, strides=1, padding: str = "same", pad_values: float = 1.0,
                  orientations: int = ORIENTATIONS, **kwargs):
-        super().__init__(**kwargs)
-        self.filters = int(filters)
-        self.kernel_size = tuple(np.broadcast_to(kernel_size, 2).tolist())
-        self.strides = tuple(np.broadcast_to(strides, 2).tolist())
+        super().__init__(filters, kernel_size, strides, padding, pad_values, **kwargs)
         self.orientations = int(orientations)
         if self.kernel_size[0] != self.kernel_size[1]:
             raise ValueError(f"{self.name}: circulant filters need a square kernel, got {self.kernel_size}.")
-        if padding not in ("same", "valid"):
-            raise ValueError(f"{self.name}: padding must be 'same' or 'valid', got {padding!r}.")
         if self.filters % self.orientations:
             raise ValueError(
                 f"{self.name}: filters ({self.filters}) must be a multiple of the {self.orientations} orientations."
             )
-        self.padding = padding
-        self.pad_values = float(pad_values)
         self.gather_index = circulant_index(self.orientations, self.kernel_size[0])
         self.input_quantizer = lq.quantizers.ApproxSign(name="activation_sign")
         self.kernel_quantizer = lq.quantizers.ApproxSign(name="weight_sign")
@@ -138,23 +131,13 @@ class CirculantBinaryConv2D(keras.layers.Layer):
         return tf.reduce_mean(tf.abs(self.latent))
 
     def call(self, inputs):
-        activations = self.input_quantizer(inputs)
-        if self.padding == "same":
-            activations = pad_same(activations, self.kernel_size, self.strides, self.pad_values)
+        activations = self.pad(self.input_quantizer(inputs))
         kernel = self.kernel_quantizer(self.circulant_kernel())
         return tf.nn.conv2d(activations, kernel, self.strides, "VALID") * self.scale()
-
-    def compute_output_shape(self, input_shape):
-        return conv_output_shape(input_shape, self.kernel_size, self.strides, self.padding, self.filters)
 
     def get_config(self):
         return {
             **super().get_config(),
-            "filters": self.filters,
-            "kernel_size": self.kernel_size,
-            "strides": self.strides,
-            "padding": self.padding,
-            "pad_values": self.pad_values,
             "orientations": self.orientations,
         }
 

@@ -37,8 +37,8 @@ import tensorflow as tf
 import tf_keras as keras
 
 from zoo.layers import CenterActivations, center_per_sample
-from zoo.schemes.base import BinaryExport, Reported, Scheme, conv_initializer, conv_output_shape, export_rule
-from zoo.schemes.base import pad_same, storage_rule
+from zoo.schemes.base import BinaryConv2D, BinaryExport, Reported, Scheme, conv_initializer, export_rule
+from zoo.schemes.base import storage_rule
 
 T_MIN, T_MAX = 1e-2, 1e1
 WEIGHT_STD_EPS = 1e-8
@@ -121,7 +121,7 @@ def standardize_rows(w):
 
 
 @keras.utils.register_keras_serializable(package="zoo")
-class RBNNConv2D(keras.layers.Layer):
+class RBNNConv2D(BinaryConv2D):
     """The RBNN binary conv (docs/methods/rbnn.md#what-the-layer-computes), NHWC / HWIO.
 
     Variables: ``kernel`` (HWIO, trainable), ``alpha`` and ``theta`` (per output
@@ -144,14 +144,7 @@ class RBNNConv2D(keras.layers.Layer):
         mirrored: bool = False,
         **kwargs,
     ):
-        super().__init__(**kwargs)
-        self.filters = int(filters)
-        self.kernel_size = tuple(np.broadcast_to(kernel_size, 2).tolist())
-        self.strides = tuple(np.broadcast_to(strides, 2).tolist())
-        if padding not in ("same", "valid"):
-            raise ValueError(f"{self.name}: padding must be 'same' or 'valid', got {padding!r}")
-        self.padding = padding
-        self.pad_values = float(pad_values)
+        super().__init__(filters, kernel_size, strides, padding, pad_values, **kwargs)
         self.center_activations = bool(center_activations)
         self.mirrored = bool(mirrored)
         self.kernel_initializer = keras.initializers.get(kernel_initializer or conv_initializer())
@@ -209,26 +202,14 @@ class RBNNConv2D(keras.layers.Layer):
         centered = center_per_sample(x)
         return centered / (unbiased_std(centered, [1, 2, 3]) + ACTIVATION_STD_EPS)
 
-    def _pad(self, x):
-        """TF "same" padding with ``pad_values`` (after binarization, as LCE pads)."""
-        return x if self.padding == "valid" else pad_same(x, self.kernel_size, self.strides, self.pad_values)
-
     def call(self, inputs):
         activations = self.input_quantizer(self._standardize_input(inputs))
-        y = tf.nn.conv2d(self._pad(activations), self.binary_kernel(), self.strides, "VALID")
+        y = tf.nn.conv2d(self.pad(activations), self.binary_kernel(), self.strides, "VALID")
         return y * self.alpha
-
-    def compute_output_shape(self, input_shape):
-        return conv_output_shape(input_shape, self.kernel_size, self.strides, self.padding, self.filters)
 
     def get_config(self):
         return {
             **super().get_config(),
-            "filters": self.filters,
-            "kernel_size": self.kernel_size,
-            "strides": self.strides,
-            "padding": self.padding,
-            "pad_values": self.pad_values,
             "center_activations": self.center_activations,
             "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
             "mirrored": self.mirrored,

@@ -22,7 +22,7 @@ import dataclasses
 
 import tf_keras as keras
 
-from zoo.architectures.common import Architecture, batch_norm, classifier, model_input, pooled_features
+from zoo.architectures.common import Architecture, application_input
 from zoo.architectures.searched.ops import DOWNSAMPLES, OPS, STEMS, apply_downsample, apply_op, apply_stem, check_names
 
 
@@ -143,31 +143,19 @@ def build_network(
     scheme,
     genotype: Genotype,
     arch: Architecture,
-    *,
-    include_top=True,
-    input_tensor=None,
-    input_shape=None,
-    classes=None,
-    pooling=None,
-    classifier_activation="softmax",
-    input_mean=None,
-    input_std=None,
+    **options,
 ) -> keras.Model:
-    """The model of ``genotype`` with ``scheme``'s binary convs (raw 0-255 pixels in)."""
-    inputs, x, classes = model_input(
-        arch, input_shape, classes, input_mean, input_std, input_tensor=input_tensor, include_top=include_top
-    )
-    x = apply_stem(genotype.stem, x, scheme, genotype.stages[0].width)
+    """The model of ``genotype`` with ``scheme``'s binary convs (raw 0-255 pixels in); the
+    keywords are those of :func:`~zoo.architectures.common.application_input` (a genotype
+    fixes its widths: no ``width_multiplier``)."""
+    net = application_input(arch, **options)
+    x = apply_stem(genotype.stem, net.features, scheme, genotype.stages[0].width)
     for number, stage in enumerate(genotype.stages, start=1):
         if stage.downsample is not None:
             x = apply_downsample(stage.downsample, x, scheme, stage.width, f"stage{number}_down")
         for cell in range(1, stage.cells + 1):
             x = _cell(x, scheme, stage, f"stage{number}_cell{cell}")
-    x = pooled_features(x, include_top, pooling)
-    if include_top:
-        x = batch_norm("head_bn")(x)
-        x = classifier(x, classes, classifier_activation)
-    return keras.Model(inputs, x, name=f"{scheme.name}_{arch.name}")
+    return keras.Model(net.inputs, net.pooled_head(x), name=f"{scheme.name}_{arch.name}")
 
 
 @dataclasses.dataclass(frozen=True)
