@@ -25,7 +25,7 @@ import zoo  # noqa: E402,I001  (first: selects Keras 2)
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 import tf_keras as keras  # noqa: E402
-from common import parse_arguments, write_results  # noqa: E402
+from common import command_line, parse_arguments, write_results  # noqa: E402
 from zoo.text import markdown_table  # noqa: E402
 from sign_flips import binary_kernels  # noqa: E402
 from training.loop import accuracy  # noqa: E402
@@ -93,7 +93,7 @@ def main(argv=None):
                          f"{result['recalibrated_test_accuracy']:.2%}",
                          " / ".join(f"{row['flipped']:.2%}" for row in result["epochs"])])
             print(rows[-1], flush=True)
-    command = "python benchmarks/bonn_modulation.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    command = command_line(__file__, argv)
     table = markdown_table(rows, ["run", "test top-1 per epoch", "after BN re-estimation",
                                   "signs flipped per epoch"])
     table += (f"\n\nReal Fashion-MNIST (all 10 000 test images), {args.epochs} epochs x {args.train_images} "

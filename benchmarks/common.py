@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import platform
+import sys
 from pathlib import Path
 from typing import Callable
 
@@ -35,6 +36,11 @@ def parse_arguments(parser: argparse.ArgumentParser, argv,
         parser.exit(2, f"{parser.prog}: error: {existing[0]} exists; pass --overwrite to replace it, or --name to "
                        "write the results under another name.\n")
     return args
+
+
+def command_line(script: str, argv) -> str:
+    """How to rerun a benchmark: ``python benchmarks/<script> ARGS`` (``argv`` or the process's)."""
+    return " ".join(["python", f"benchmarks/{Path(script).name}", *(argv if argv is not None else sys.argv[1:])])
 
 
 def write_results(name: str, payload: dict, table: str) -> Path:

@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import zoo  # noqa: E402,I001  (first: selects Keras 2)
 import numpy as np  # noqa: E402
-from common import parse_arguments, write_results  # noqa: E402
+from common import command_line, parse_arguments, write_results  # noqa: E402
 from zoo.text import markdown_table  # noqa: E402
 from zoo import compress  # noqa: E402
 from zoo.compress import fine_tune, run_pipeline  # noqa: E402
@@ -138,7 +138,7 @@ def main(argv=None):
             seeds = [runs[f"{name}/{step}/{seed}"] for seed in range(args.seeds)]
             row, summary[f"{name}/{step}"] = summarized(seeds)
             rows.append(row)
-    command = "python benchmarks/compress.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    command = command_line(__file__, argv)
     table = markdown_table(rows, [
         "model", "step", "base", "after", "control", "vs control (per seed)", "vs base", "binary MACs cut",
         "float MACs cut", ".tflite bytes", "float-part weight bytes", "LCE ms (1 thread)", "goal",

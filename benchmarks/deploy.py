@@ -28,7 +28,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import zoo  # noqa: E402,I001  (first: selects Keras 2)
-from common import RESULTS, parse_arguments, write_results  # noqa: E402
+from common import RESULTS, command_line, parse_arguments, write_results  # noqa: E402
 from zoo.text import markdown_table  # noqa: E402
 from zoo import registry  # noqa: E402
 from zoo.weights import zoo_home  # noqa: E402
@@ -245,8 +245,7 @@ def main(argv=None):
     results = goals(groups["224x224x3"][0], groups["224x224x3"][1], threads_list)
     plot_path = RESULTS / f"{args.name}.png"
     plot(groups, plot_path)
-    command = "python benchmarks/deploy.py " + " ".join(
-        argv if argv is not None else sys.argv[1:])
+    command = command_line(__file__, argv)
     load_end = os.getloadavg()
     notes = (
         f"LCE {_version('larq-compute-engine')} x86 interpreter, `use_indirect_bgemm=True`; each latency is the "

@@ -18,7 +18,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import zoo  # noqa: E402,I001  (first: selects Keras 2)
-from common import model_argument, parse_arguments, write_results  # noqa: E402
+from common import command_line, model_argument, parse_arguments, write_results  # noqa: E402
 from zoo.text import markdown_table  # noqa: E402
 from zoo.deploy import benchmark  # noqa: E402
 
@@ -45,7 +45,7 @@ def main(argv=None):
             for (text, r), ratio in zip(results.items(), report.ratios)]
     table = markdown_table(rows, ["model", "median ms", "p90 ms", f"vs {args.models[0]}", "binary MACs",
                                   "float MACs", ".tflite"])
-    command = "python benchmarks/lce_latency.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    command = command_line(__file__, argv)
     table += (f"\n\nLCE x86 interpreter, `use_indirect_bgemm=True`, {args.threads} thread(s), batch 1, "
               f"{'x'.join(map(str, shape))} input, median of {args.repeats} interleaved runs after "
               f"{args.warmup} warm-up runs (load average before/after: {report.load_average}).\n\n`{command}`")

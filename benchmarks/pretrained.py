@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import zoo  # noqa: E402,I001  (first: selects Keras 2)
-from common import parse_arguments, write_results  # noqa: E402
+from common import command_line, parse_arguments, write_results  # noqa: E402
 from zoo.text import markdown_table  # noqa: E402
 from zoo import registry  # noqa: E402
 
@@ -58,7 +58,7 @@ def main(argv=None):
         for r in rows
     ], ["model", "method", "test top-1", "params", "binary MACs", "float MACs", ".tflite", "LCE latency",
         "command"])
-    command = "python benchmarks/pretrained.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    command = command_line(__file__, argv)
     table += ("\n\nFashion-MNIST, 28×28×1, top-1 on all 10 000 test images (stated in the manifest, measured when "
               "the run finished). `.tflite`: `zoo.convert` of the shipped weights (LCE; every binary conv an "
               "`LceBconv2d`); latency: LCE's x86 interpreter, batch 1, 1 thread, fast kernels, median of "

@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import zoo  # noqa: E402,I001  (first: selects Keras 2)
 import numpy as np  # noqa: E402
 import tf_keras as keras  # noqa: E402
-from common import parse_arguments, write_results  # noqa: E402
+from common import command_line, parse_arguments, write_results  # noqa: E402
 from zoo.text import markdown_table  # noqa: E402
 from training.loop import prepare_teacher  # noqa: E402
 from training.recipes.rbcn import RBCNRecipe  # noqa: E402
@@ -82,7 +82,7 @@ def main(argv=None):
                "exported (zoo.to_inference)"]
     rows = [[name, *[f"{row[c]:.2%}" if c in row else "" for c in columns], row.get("train seconds", "")]
             for name, row in results.items()]
-    command = "python benchmarks/rbcn_variants.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    command = command_line(__file__, argv)
     faithful = results[f"{MODEL} (faithful)"]["rectifiers"]
     spread = faithful["per layer std / |mean|"]
     table = markdown_table(rows, ["model", *columns, "train seconds"])

@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import zoo  # noqa: E402,I001  (first: selects Keras 2)
-from common import model_argument, parse_arguments, write_results  # noqa: E402
+from common import command_line, model_argument, parse_arguments, write_results  # noqa: E402
 from zoo.text import markdown_table  # noqa: E402
 from training.loop import train  # noqa: E402
 
@@ -64,7 +64,7 @@ def main(argv=None):
 
     rows = [[n, f"{r['best_val_accuracy']:.2%}", f"{r['final_val_accuracy']:.2%}", r["train_seconds"]]
             for n, r in reports.items()]
-    command = "python benchmarks/same_budget.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    command = command_line(__file__, argv)
     teacher_note = f" Teacher: {args.teacher}." if args.teacher else ""
     table = markdown_table(rows, ["model", "best test accuracy", "final test accuracy", "train seconds"])
     table += (f"\n\nReal Fashion-MNIST ({reports[args.models[0]]['test_images']} test images), "

@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import zoo  # noqa: E402,I001  (first: selects Keras 2)
 import tf_keras as keras  # noqa: E402
-from common import RESULTS, parse_arguments, write_results  # noqa: E402
+from common import RESULTS, command_line, parse_arguments, write_results  # noqa: E402
 from training.loop import train  # noqa: E402
 from training.recipes import Recipe, recipe_for  # noqa: E402
 from zoo.search import run_search  # noqa: E402
@@ -126,7 +126,7 @@ def main(argv=None):
     config_copy = RESULTS / f"{name}_best.json"
     RESULTS.mkdir(exist_ok=True)
     shutil.copyfile(searched, config_copy)
-    command = "python benchmarks/search.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    command = command_line(__file__, argv)
     rows = [
         [f"`{r['model']}`", readable(r["costs"]["binary_macs"]), readable(r["costs"]["float_macs"]),
          readable(r["costs"]["parameters"]), f"{r['test_accuracy']:.2%}", f"{r['final_test_accuracy']:.2%}",

@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import zoo  # noqa: E402,I001  (first: selects Keras 2)
 import numpy as np  # noqa: E402
 import tf_keras as keras  # noqa: E402
-from common import parse_arguments, write_results  # noqa: E402
+from common import command_line, parse_arguments, write_results  # noqa: E402
 from zoo.text import markdown_table  # noqa: E402
 from training.recipes import recipe_for  # noqa: E402
 from zoo.export import binary_exports  # noqa: E402
@@ -74,7 +74,7 @@ def main(argv=None):
     steps = [row["step"] for row in probes[args.models[0]]]
     rows = [[step, *[f"{probes[m][i]['flipped_since_start']:.2%} / {probes[m][i]['flipped_since_last_probe']:.2%}"
                      for m in args.models]] for i, step in enumerate(steps)]
-    command = "python benchmarks/sign_flips.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    command = command_line(__file__, argv)
     table = markdown_table(rows, ["step", *[f"{m}: flipped since start / since last probe" for m in args.models]])
     table += (f"\n\nShare of binary weights whose sign differs; real Fashion-MNIST, one epoch of "
               f"{args.train_images} images, batch {args.batch_size}, the {args.recipe} recipe.\n\n`{command}`")

@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import zoo  # noqa: E402,I001  (first: selects Keras 2)
 import numpy as np  # noqa: E402
-from common import model_argument, parse_arguments, write_results  # noqa: E402
+from common import command_line, model_argument, parse_arguments, write_results  # noqa: E402
 from zoo.text import markdown_table  # noqa: E402
 from training.recipes import recipe_for  # noqa: E402
 from training.teacher import teacher_name  # noqa: E402
@@ -76,7 +76,7 @@ def main(argv=None):
     base = rates[args.models[0]]
     rows = [[m, f"{r:.1f}", f"{base / r:.2f}x"] for m, r in rates.items()]
     table = markdown_table(rows, ["model", "train images/s", f"step time vs {args.models[0]}"])
-    command = "python benchmarks/train_throughput.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    command = command_line(__file__, argv)
     write_results(args.name, {
         "command": command, "batch_size": args.batch_size, "input_shape": shape,
         "steps": args.steps, "repeats": args.repeats, "images_per_second": rates, "every_repeat": measured,
