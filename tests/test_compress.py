@@ -35,9 +35,16 @@ def build(name):
     return model
 
 
-def fit(model, data, callbacks=()):
-    model.compile(keras.optimizers.Adam(1e-3), "sparse_categorical_crossentropy")
+def fit(model, data, callbacks=(), eager=False):
+    """One epoch of Adam. ``eager`` skips tracing the train step (most of a few steps' time);
+    each kind of model still trains traced in one test here or in the compress pipeline's."""
+    model.compile(keras.optimizers.Adam(1e-3), "sparse_categorical_crossentropy", run_eagerly=eager)
     model.fit(data, epochs=1, callbacks=list(callbacks), verbose=0)
+
+
+def outputs(model, x):
+    """Inference outputs by a direct call: ``predict`` would trace a function per model."""
+    return model(x, training=False).numpy()
 
 
 # -- magnitude pruning of the float layers ---------------------------------------------------------------------
@@ -53,7 +60,7 @@ def test_pruning_reaches_the_target_on_float_layers_and_strip_leaves_plain_layer
     for name in pruning.layers:
         assert report[name]["sparsity"] == pytest.approx(0.7, abs=1 / report[name]["weights"]), name
     x = images_of(fashion(fashion_mnist_data_dir, "test", 32))
-    np.testing.assert_allclose(stripped.predict(x, verbose=0), pruning.model.predict(x, verbose=0), atol=1e-6)
+    np.testing.assert_allclose(outputs(stripped, x), outputs(pruning.model, x), atol=1e-6)
 
 
 @pytest.mark.slow
@@ -61,7 +68,7 @@ def test_pruning_leaves_binary_convs_alone_and_the_stripped_model_exports(fashio
     model = build("rbnn_resnet20")  # its training layers: α is folded into BN on export
     pruning = compress.prune(model, 0.5, schedule="constant", frequency=1)
     assert pruning.layers == ("stem_conv", "predictions")  # the float layers
-    fit(pruning.model, fashion(fashion_mnist_data_dir, images=64), pruning.callbacks)
+    fit(pruning.model, fashion(fashion_mnist_data_dir, images=64), pruning.callbacks, eager=True)  # traced: above
     stripped = compress.strip(pruning.model)
     rows = compress.sparsity_report(stripped)
     binary = [row for row in rows if row["kind"] == "binary"]
@@ -71,18 +78,18 @@ def test_pruning_leaves_binary_convs_alone_and_the_stripped_model_exports(fashio
 
     x = images_of(fashion(fashion_mnist_data_dir, "test", 32))
     inference = to_inference(stripped)
-    assert relative_error(stripped.predict(x, verbose=0), inference.predict(x, verbose=0)) <= 1e-4
+    assert relative_error(outputs(stripped, x), outputs(inference, x)) <= 1e-4
     flatbuffer = convert_lce(stripped)
     assert op_histogram(flatbuffer)["LceBconv2d"] == 18
     lce = Interpreter(flatbuffer, num_threads=1).predict(x)
-    assert np.mean(lce.argmax(-1) == inference.predict(x, verbose=0).argmax(-1)) >= 0.9
+    assert np.mean(lce.argmax(-1) == outputs(inference, x).argmax(-1)) >= 0.9
 
 
 def test_two_four_structure_zeroes_two_of_every_four_input_weights(fashion_mnist_data_dir):
     model = build("fp_resnet20")
     pruning = compress.prune(model, 0.5, structure="2:4", frequency=1)
     assert "stem_conv" not in pruning.layers  # one input channel: no group of four
-    fit(pruning.model, fashion(fashion_mnist_data_dir, images=32), pruning.callbacks)
+    fit(pruning.model, fashion(fashion_mnist_data_dir, images=32), pruning.callbacks, eager=True)
     stripped = compress.strip(pruning.model)
     for name in pruning.layers:
         kernel = stripped.get_layer(name).get_weights()[0]
@@ -106,10 +113,10 @@ def test_channel_pruning_builds_a_narrower_model_equal_to_the_masked_original(na
 
     x = images_of(fashion(fashion_mnist_data_dir, "test", 64))
     exact = compress.narrow(pruning.reference, pruning.kept)  # before BN recalibration
-    narrow = exact.predict(x, verbose=0)
-    reference = compress.masked(pruning.reference, pruning.kept).predict(x, verbose=0)
+    narrow = outputs(exact, x)
+    reference = outputs(compress.masked(pruning.reference, pruning.kept), x)
     assert relative_error(reference, narrow) <= 1e-5
-    original = pruning.reference.predict(x, verbose=0)
+    original = outputs(pruning.reference, x)
     assert relative_error(original, reference) > 1e-2  # the mask removes something
     for layer in exact.layers:  # the fine-tunable model: the same signs, as small latent weights
         if isinstance(layer, lq.layers.QuantConv2D):
@@ -122,7 +129,7 @@ def test_channel_pruning_builds_a_narrower_model_equal_to_the_masked_original(na
     assert after["binary_convs"] == before["binary_convs"]
     if name != "fp_resnet20":  # the narrow model still exports: ±1 kernels, same function
         inference = to_inference(pruning.model)
-        assert relative_error(pruning.model.predict(x, verbose=0), inference.predict(x, verbose=0)) <= 1e-4
+        assert relative_error(outputs(pruning.model, x), outputs(inference, x)) <= 1e-4
         kernels = [layer.get_weights()[0] for layer in inference.layers if isinstance(layer, lq.layers.QuantConv2D)]
         assert len(kernels) == 18 and all(set(np.unique(k)) == {-1.0, 1.0} for k in kernels)
 
@@ -137,17 +144,17 @@ def test_faded_channels_end_in_the_narrow_model_computing_the_same(name, fashion
     fades = [layer for layer in fading.layers if isinstance(layer, compress.channels.ChannelFade)]
     assert len(fades) == 9 and all(float(layer.level.numpy()) == 1.0 for layer in fades)
     if name == "fp_resnet20":  # at level 1 nothing is removed yet (RBNN centres over the kept channels)
-        assert relative_error(pruning.reference.predict(x, verbose=0), fading.predict(x, verbose=0)) <= 1e-5
+        assert relative_error(outputs(pruning.reference, x), outputs(fading, x)) <= 1e-5
     with pytest.raises(ValueError, match=r"not faded out yet \(stage1_block1_conv2_fade is at level 1.000"):
         compress.strip(fading)
 
-    fit(fading, train, pruning.callbacks)  # 3 steps: the levels go 0.5, 0, 0
+    fit(fading, train, pruning.callbacks, eager=name == "fp_resnet20")  # 3 steps: the levels go 0.5, 0, 0
     assert all(float(layer.level.numpy()) == 0.0 for layer in fades)
     narrow = compress.strip(fading)
     for conv, kept in pruning.kept.items():
         assert narrow.get_layer(conv).filters == len(kept) == pruning.reference.get_layer(conv).filters // 2
     assert not any(isinstance(layer, compress.channels.ChannelFade) for layer in narrow.layers)
-    assert relative_error(fading.predict(x, verbose=0), narrow.predict(x, verbose=0)) <= 1e-5
+    assert relative_error(outputs(fading, x), outputs(narrow, x)) <= 1e-5
     if name != "fp_resnet20":  # the readers are binary convs again, and export as such
         kernels = [layer.get_weights()[0] for layer in to_inference(narrow).layers
                    if compress.common.is_binary_conv(layer)]
@@ -166,11 +173,11 @@ def test_faded_channels_of_a_vgg_end_in_the_narrow_model_computing_the_same():
     images = rng.uniform(0, 255, (96, *SHAPE)).astype(np.float32)
     train = tf.data.Dataset.from_tensor_slices((images, rng.integers(0, 10, 96))).batch(32)
     pruning = compress.channel_prune(model, 0.5, images, batches=1, fade_steps=2)
-    fit(pruning.model, train, pruning.callbacks)
+    fit(pruning.model, train, pruning.callbacks, eager=True)  # traced: the ResNets' fade above
     narrow = compress.strip(pruning.model)
     assert len(pruning.kept) == 5 and all(narrow.get_layer(conv).filters == len(kept)
                                           for conv, kept in pruning.kept.items())
-    assert relative_error(pruning.model.predict(images, verbose=0), narrow.predict(images, verbose=0)) <= 1e-5
+    assert relative_error(outputs(pruning.model, images), outputs(narrow, images)) <= 1e-5
 
 
 def test_recalibration_gives_each_bn_after_a_narrowed_conv_its_output_statistics_back(fashion_mnist_data_dir):
@@ -196,8 +203,8 @@ def test_the_fine_tunable_inference_form_computes_the_same_in_training_mode(fash
     train = fashion(fashion_mnist_data_dir, images=64, batch_size=64)
     x = images_of(train)
     folded, restated = to_inference(model), compress.fine_tunable_inference(model, train, batches=1)
-    expected = folded.predict(x, verbose=0)
-    assert relative_error(expected, restated.predict(x, verbose=0)) <= 1e-4
+    expected = outputs(folded, x)
+    assert relative_error(expected, outputs(restated, x)) <= 1e-4
     for name, model_form, expect_same in (("folded", folded, False), ("restated", restated, True)):
         conv_output = keras.Model(model_form.inputs, model_form.get_layer("stage1_block1_conv1").output)(x)
         bn = model_form.get_layer("stage1_block1_bn1")  # α folded into it by to_inference
@@ -262,7 +269,7 @@ def accuracy(predictions, labels):
 def test_qat_calibrates_fine_tunes_and_converts_with_int8_float_parts(fashion_mnist_data_dir, tmp_path):
     train = fashion(fashion_mnist_data_dir, images=256)
     model = build("bnn_resnet20")
-    fit(model, train)
+    fit(model, train, eager=True)
     qat = compress.quantize(model, train, batches=8)  # ranges calibrated on all 256 images
     kinds = [type(layer).__name__ for layer in qat.layers]
     assert kinds.count("QuantConv2D") == 18 and "QuantizeWrapperV2" in kinds  # binary convs: Larq's
@@ -271,7 +278,7 @@ def test_qat_calibrates_fine_tunes_and_converts_with_int8_float_parts(fashion_mn
     pixels = images_of(train)
     quantize_input = next(layer for layer in qat.layers if type(layer).__name__ == "QuantizeLayer")
     assert [w.numpy() for w in quantize_input.weights if w.name.endswith(("_min:0", "_max:0"))] == [0.0, pixels.max()]
-    stem_bn = keras.Model(model.inputs, model.get_layer("stem_bn").output).predict(pixels, verbose=0)
+    stem_bn = outputs(keras.Model(model.inputs, model.get_layer("stem_bn").output), pixels)
     np.testing.assert_allclose([ranges["quant_stem_bn/output_min"], ranges["quant_stem_bn/output_max"]],
                                [min(stem_bn.min(), 0), stem_bn.max()], rtol=1e-4)
     kernel = model.get_layer("stem_conv").get_weights()[0]
@@ -290,7 +297,7 @@ def test_qat_calibrates_fine_tunes_and_converts_with_int8_float_parts(fashion_mn
     # that flips one sign in the binary body moves some argmaxes; the accuracy is what holds
     assert report.parity.top1_agreement >= 0.75
     lce = run_tflite(Interpreter(flatbuffer, num_threads=1), x)
-    assert accuracy(lce, y) == pytest.approx(accuracy(qat.predict(x, verbose=0), y), abs=0.05)
+    assert accuracy(lce, y) == pytest.approx(accuracy(outputs(qat, x), y), abs=0.05)
 
 
 @pytest.mark.slow

@@ -258,16 +258,18 @@ def test_the_storage_form_has_the_same_outputs_and_survives_float16():
         layer.theta.assign(rng.uniform(0.3, 3.0, layer.theta.shape).astype(np.float32))
     layers[0].alpha.assign(-layers[0].alpha)
     x = random_pixels((28, 28, 1), batch=16)
-    before = model.predict(x, verbose=0)
-    kernels = [to_inference(model).get_layer(layer.name).get_weights()[0] for layer in layers]
+    before = model(x, training=False).numpy()
+    inference = to_inference(model)
+    kernels = [inference.get_layer(layer.name).get_weights()[0] for layer in layers]
 
     assert zoo.schemes.base.apply_storage_rules(model) == [layer.name for layer in layers]
     for layer in layers:
         np.testing.assert_array_equal(layer.r1.numpy(), np.eye(layer.r1.shape[0]))
         layer.kernel.assign(layer.kernel.numpy().astype(np.float16).astype(np.float32))
-    np.testing.assert_array_equal(model.predict(x, verbose=0), before)
+    np.testing.assert_array_equal(model(x, training=False).numpy(), before)
+    inference = to_inference(model)
     for layer, kernel in zip(layers, kernels):
-        np.testing.assert_array_equal(to_inference(model).get_layer(layer.name).get_weights()[0], kernel)
+        np.testing.assert_array_equal(inference.get_layer(layer.name).get_weights()[0], kernel)
 
 
 def test_the_storage_form_of_single_signed_rows():
