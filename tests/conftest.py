@@ -18,6 +18,16 @@ def pytest_configure(config):
         tf.config.threading.set_inter_op_parallelism_threads(threads)
 
 
+def pytest_collection_finish(session):
+    """Moves what the imports made (TensorFlow, Keras, the test modules: ~450 000 objects)
+    out of the garbage collector's reach: it lives for the session anyway, and every full
+    collection (one per test in ``freed_models``) would walk it again: 0.2-0.5 s a test."""
+    import gc
+
+    gc.collect()
+    gc.freeze()
+
+
 @pytest.fixture(scope="session")
 def fashion_mnist_data_dir(tmp_path_factory):
     """A TFDS data dir with `zoo_fashion_mnist` built once from the real IDX files.
