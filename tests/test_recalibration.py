@@ -79,8 +79,10 @@ def test_a_model_without_batch_norm_is_refused():
 
 @pytest.mark.slow
 def test_recalibration_restores_a_pretrained_model_whose_statistics_were_corrupted(fashion_mnist_data_dir):
-    test = zoo.load_dataset("fashion_mnist", "test", batch_size=256, take=1024, data_dir=fashion_mnist_data_dir)
-    train = zoo.load_dataset("fashion_mnist", "train", batch_size=256, training=False, take=20 * 256,
+    # measured on 512 test images: shipped 69.9 %, corrupted 7-11 % (3 seeds), recalibrated on
+    # 8 batches 71.5 % (on 20 batches 71.7 %)
+    test = zoo.load_dataset("fashion_mnist", "test", batch_size=256, take=512, data_dir=fashion_mnist_data_dir)
+    train = zoo.load_dataset("fashion_mnist", "train", batch_size=256, training=False, take=8 * 256,
                              data_dir=fashion_mnist_data_dir)
     model = zoo.load("bnn_resnet20")
     shipped = loop.accuracy(model, test)
@@ -91,7 +93,7 @@ def test_recalibration_restores_a_pretrained_model_whose_statistics_were_corrupt
     corrupted = loop.accuracy(model, test)
     assert corrupted < shipped - 0.2
 
-    zoo.recalibrate_bn(model, train, batches=20)
+    zoo.recalibrate_bn(model, train, batches=8)
     assert loop.accuracy(model, test) >= shipped - 0.02
 
 

@@ -246,6 +246,7 @@ def test_checkpoints_round_trip_a_wrapped_rbnn_student_its_teacher_and_the_optim
         return trainer
 
     trainer = build()
+    trainer.run_eagerly = True  # two steps: cheaper than tracing (the Distiller's step is traced in [bnn] below)
     callbacks = loop._callbacks_on(recipe_for("rbnn_resnet20", 4, 8).callbacks("rbnn_resnet20"), trainer,
                                    trainer.student, "rbnn_resnet20", 4)
     x = np.random.default_rng(0).uniform(0, 255, (16, *SHAPE)).astype(np.float32)
