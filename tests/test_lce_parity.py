@@ -44,7 +44,7 @@ def test_every_shipped_model_runs_in_lce_as_in_keras_on_real_images(entry, test_
     model = zoo.load(entry.name, weights=entry.tag)
     inference = to_inference(model) if binary_exports(model) else model
     images = test_images(entry.dataset)
-    expected = inference.predict(images, batch_size=64, verbose=0)
+    expected = inference(images, training=False).numpy()
     actual = run_tflite(lce_interpreter(lce_flatbuffer(inference), threads=1), images)
     within = np.max(np.abs(expected - actual), axis=1) <= TOLERANCE
     assert within.mean() >= AGREEING, (

@@ -83,7 +83,7 @@ def test_every_ported_binary_kernel_is_the_official_sign_w3(official, ported):
 
 def test_ported_logits_match_the_official_ones(official, ported):
     x = official["inputs"]
-    errors = per_input_error(official["logits"], ported.predict(x, verbose=0))
+    errors = per_input_error(official["logits"], ported(x, training=False).numpy())
     clear = pre_activation_margins(ported, x) >= ROUNDING_MARGIN
     print(f"{clear.sum()} of {len(x)} inputs have no pre-activation within {ROUNDING_MARGIN:g} std of zero; "
           f"relative logit errors: clear max {errors[clear].max():.2g}, all max {errors.max():.2g}")
@@ -98,7 +98,7 @@ def test_todays_rbnn_resnet20_defaults_do_not_compute_the_reference(official, po
     own.set_weights(ported.get_weights())
     assert {(layer.pad_values, layer.mirrored) for layer in rbnn.rbnn_layers(own)} == {(1.0, False)}
     assert not any(isinstance(layer, MirrorSpatial) for layer in own.layers)
-    errors = per_input_error(official["logits"], own.predict(official["inputs"], verbose=0))
+    errors = per_input_error(official["logits"], own(official["inputs"], training=False).numpy())
     assert np.median(errors) > 0.1
 
     official_layers = rbnn.rbnn_layers(ported)
@@ -110,10 +110,10 @@ def test_the_export_and_its_lce_file_compute_the_reference(official, ported):
     """Zero padding and the mirrored stride-2 convs survive to_inference and LCE: the
     .tflite agrees with the Keras model, and so with the authors' logits."""
     x = official["inputs"]
-    keras_logits = ported.predict(x, verbose=0)
+    keras_logits = ported(x, training=False).numpy()
     clear = pre_activation_margins(ported, x) >= ROUNDING_MARGIN
     inference = to_inference(ported)
-    assert np.all(per_input_error(keras_logits, inference.predict(x, verbose=0))[clear] <= 1e-4)
+    assert np.all(per_input_error(keras_logits, inference(x, training=False).numpy())[clear] <= 1e-4)
 
     from larq_compute_engine.tflite.python.interpreter import Interpreter
 
@@ -145,7 +145,7 @@ def test_zoo_port_writes_weights_zoo_load_reads(official, ported, tmp_path, caps
     assert [p.name for p in tmp_path.iterdir()] == ["rbnn.h5"]  # no partial file left
     loaded = zoo.load("rbnn_resnet20_official", weights=str(output), classifier_activation=None, **RAW_INPUT)
     x = official["inputs"][:4]
-    np.testing.assert_array_equal(loaded.predict(x, verbose=0), ported.predict(x, verbose=0))
+    np.testing.assert_array_equal(loaded(x, training=False).numpy(), ported(x, training=False).numpy())
 
 
 def test_data_parallel_prefixes_are_dropped(official, ported):
