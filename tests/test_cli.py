@@ -175,6 +175,7 @@ def test_resuming_a_finished_run_restores_without_checkpoint_warnings(tmp_path, 
         return model
 
     model = build()
+    model.run_eagerly = True  # one step to create the optimizer's slots: cheaper than tracing it
     model.fit(np.zeros((4, 28, 28, 1), np.float32), np.zeros(4), epochs=1, verbose=0)
     state = {"run": {**RUN_SETTINGS, "epochs": 1}, "epochs_done": 1, "history": [{"epoch": 1}]}
     saved = checkpoint.write_checkpoint(model, state, tmp_path)

@@ -330,9 +330,15 @@ def test_qat_names_a_layer_it_cannot_quantize_or_leaves_it_float_when_asked(capl
 
 
 # -- bad input ------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def untrained_bnn():
+    """Built once for the argument checks, which refuse before they change or wrap it."""
+    return build("bnn_resnet20")
+
+
 @pytest.mark.parametrize("sparsity", [1.0, -0.1, 1.5, "0.5", None])
-def test_sparsity_outside_zero_one_is_an_error(sparsity):
-    model = build("bnn_resnet20")
+def test_sparsity_outside_zero_one_is_an_error(sparsity, untrained_bnn):
+    model = untrained_bnn
     for structure in (None, "channel"):
         with pytest.raises(ValueError, match=r"in \[0, 1\)"):
             compress.prune(model, sparsity, structure=structure, end_step=10, data=np.zeros((1, *SHAPE)))

@@ -19,7 +19,8 @@ def test_new_head_fine_tunes_on_real_data(fashion_mnist_data_dir, tmp_path, monk
 
     # Stand-in for pretrained weights: a body trained briefly on all ten classes.
     base = zoo.load("xnor_resnet20", weights=None, input_shape=(28, 28, 1), classes=10)
-    base.compile(keras.optimizers.Adam(1e-3), "sparse_categorical_crossentropy")
+    base.compile(keras.optimizers.Adam(1e-3), "sparse_categorical_crossentropy",
+                 run_eagerly=True)  # 8 steps: cheaper than tracing; the fine-tune below is traced
     base.fit(images, labels, epochs=1, batch_size=64, verbose=0)
     path = tmp_path / "xnor_resnet20-fmnist.h5"
     base.save_weights(path)
