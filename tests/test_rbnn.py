@@ -219,18 +219,6 @@ def test_layer_forward_matches_the_reference_pseudo_code():
     np.testing.assert_allclose(rows.std(axis=1, ddof=1), 1.0, rtol=1e-5)
 
 
-def test_zoo_train_runs_the_rbnn_recipe_and_reports(fashion_mnist_data_dir):
-    from training import train  # what `zoo train` runs
-
-    _, report = train("rbnn_resnet20", "fashion_mnist", epochs=1, batch_size=64, train_images=256, test_images=256,
-                      data_dir=fashion_mnist_data_dir, verbose=0)
-    assert report["model"] == "rbnn_resnet20" and report["recipe"]["name"] == "RBNNRecipe"
-    assert report["recipe"]["epochs"] == 1 and report["train_images_per_epoch"] == 256
-    assert 0.0 <= report["best_val_accuracy"] <= 1.0 and 0.0 < report["history"][0]["rbnn_sign_flips"] < 1.0
-    assert report["command"] == ("zoo train rbnn_resnet20 --dataset fashion_mnist --epochs 1 --batch-size 64 "
-                                 "--train-images 256 --test-images 256")
-
-
 def test_rotations_and_schedule_position_travel_with_the_weights_file(tmp_path):
     model = zoo.load("rbnn_resnet20", weights=None, input_shape=(28, 28, 1))
     rbnn.update_rotations(model)

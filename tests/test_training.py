@@ -35,6 +35,9 @@ def test_a_finished_run_leaves_checkpoint_logs_weights_manifest_entry_and_tflite
     assert zoo_main(["train", *RUN, "--data-dir", fashion_mnist_data_dir, "--output", str(tmp_path), "--quiet"]) == 0
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["command"] == "zoo train " + " ".join(RUN)
+    assert report["model"] == "rbnn_resnet20" and report["recipe"]["name"] == "RBNNRecipe"
+    assert report["recipe"]["epochs"] == 2 and report["train_images_per_epoch"] == 128
+    assert 0.0 <= report["best_val_accuracy"] <= 1.0
 
     # checkpoint, history (CSV, JSON), curves, TensorBoard
     assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["epoch-0002"]
@@ -103,6 +106,12 @@ def test_a_finished_run_leaves_checkpoint_logs_weights_manifest_entry_and_tflite
     with pytest.raises(ValueError, match="sha256"):
         publish.publish(tmp_path, manifest, check_images=64, data_dir=fashion_mnist_data_dir, replace=True)
     assert sorted(p.name for p in manifest.parent.iterdir()) == ["manifest.json"]
+
+
+def test_training_train_is_zoo_train_as_a_function():
+    import training
+
+    assert training.train is loop.train
 
 
 def test_weights_are_stored_in_float16_only_where_that_keeps_the_accuracy(tmp_path):
