@@ -54,14 +54,19 @@ def main(argv=None):
     parser.add_argument("--train-images", type=int, default=15_000)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--every", type=int, default=40, help="probe every N steps")
+    parser.add_argument("--optimizer", choices=("sgd", "adam"), default=None, help="default: the recipe's")
+    parser.add_argument("--learning-rate", type=float, default=None, help="default: the recipe's")
+    parser.add_argument("--weight-decay", type=float, default=None, help="default: the recipe's")
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--name", default=None, help="results file name")
     args = parse_arguments(parser, argv, lambda a: "sign_flips_" + "_vs_".join(a.models))
 
+    overrides = {field: value for field, value in (("optimizer_name", args.optimizer),
+                 ("learning_rate", args.learning_rate), ("weight_decay", args.weight_decay)) if value is not None}
     probes = {}
     for name in args.models:
         keras.utils.set_random_seed(0)
-        recipe = recipe_for(name, epochs=1, batch_size=args.batch_size, method=args.recipe)
+        recipe = recipe_for(name, epochs=1, batch_size=args.batch_size, method=args.recipe, **overrides)
         data = zoo.load_dataset("fashion_mnist", "train", batch_size=args.batch_size, take=args.train_images,
                                 data_dir=args.data_dir, seed=0)
         model = zoo.load(name, weights=None, input_shape=(28, 28, 1), classes=10)
@@ -77,7 +82,8 @@ def main(argv=None):
     command = command_line(__file__, argv)
     table = markdown_table(rows, ["step", *[f"{m}: flipped since start / since last probe" for m in args.models]])
     table += (f"\n\nShare of binary weights whose sign differs; real Fashion-MNIST, one epoch of "
-              f"{args.train_images} images, batch {args.batch_size}, the {args.recipe} recipe.\n\n`{command}`")
+              f"{args.train_images} images, batch {args.batch_size}, the {args.recipe} recipe"
+              f"{' with ' + ', '.join(f'{k} {v}' for k, v in overrides.items()) if overrides else ''}.\n\n`{command}`")
     write_results(args.name, {"command": command, "probes": probes}, table)
 
 
