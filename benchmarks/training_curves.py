@@ -85,15 +85,18 @@ def main(argv=None):
 
     rows = [[label, f"{run['budget']['epochs']} x {run['budget']['train_images']}, batch {run['budget']['batch_size']}",
              f"{run['recipe']['name']}, {run['recipe'].get('optimizer_name', 'sgd')} {run['recipe']['learning_rate']}",
+             " / ".join(f"{100 * a:.1f}" for a in run["held_out_accuracy"]) if run["held_out_accuracy"] else "—",
              " / ".join(f"{100 * a:.1f}" for a in run["test_accuracy"]),
              f"{100 * run['final_test_accuracy']:.2f} %",
              "" if run["test_top1_after_bn_recalibration"] is None
              else f"{100 * run['test_top1_after_bn_recalibration']:.2f} %"]
             for label, run in runs.items()]
-    table = markdown_table(rows, ["model", "budget (epochs x images)", "recipe", "test top-1 per epoch (%)",
+    table = markdown_table(rows, ["model", "budget (epochs x images)", "recipe", "held-out top-1 per epoch (%)",
+                                  "test top-1 per epoch (%)",
                                   "final test top-1", "after BN re-estimation (shipped)"])
-    table += ("\n\nTest accuracy on all 10 000 Fashion-MNIST test images after each epoch (measured only; "
-              "schedules were chosen on held-out training images where a run held them out). Commands:\n\n"
+    table += ("\n\nHeld-out: the run's held-out training images (where it held some out; recipes and schedules "
+              "are chosen there). Test: all 10 000 Fashion-MNIST test images after each epoch, measured only. "
+              "Commands:\n\n"
               + "\n".join(f"- `{run['command']}`" for run in runs.values())
               + f"\n\n![test accuracy per epoch]({args.name}.png)")
     RESULTS.mkdir(exist_ok=True)

@@ -164,6 +164,8 @@ def test_recipe_learning_rate_follows_the_paper():
     assert (recipe.epochs, recipe.batch_size, recipe.warmup_epochs) == (1000, 256, 5)
     assert [round(recipe.learning_rate_at(e), 4) for e in range(5)] == [0.02, 0.04, 0.06, 0.08, 0.1]
     assert recipe.learning_rate_at(999) < 1e-6
+    # a shortened run keeps the warm-up's share of the 1000 epochs (it used to keep 5 of 15)
+    assert [RBNNRecipe.for_model("rbnn_resnet20", epochs=e).warmup_epochs for e in (3, 15, 200, 1000)] == [0, 0, 1, 5]
     imagenet = RBNNRecipe.for_model("rbnn_resnet18")
     assert (imagenet.epochs, imagenet.batch_size, imagenet.warmup_epochs) == (150, 512, 0)
     assert imagenet.learning_rate_at(0) == pytest.approx(0.1)
@@ -249,10 +251,13 @@ def test_the_storage_form_has_the_same_outputs_and_survives_float16():
     before = model(x, training=False).numpy()
     inference = to_inference(model)
     kernels = [inference.get_layer(layer.name).get_weights()[0] for layer in layers]
+    trained_scales = [np.std(layer.kernel.numpy(), axis=(0, 1, 2)) for layer in layers]
 
     assert zoo.schemes.base.apply_storage_rules(model) == [layer.name for layer in layers]
-    for layer in layers:
+    for layer, trained_scale in zip(layers, trained_scales):
         np.testing.assert_array_equal(layer.r1.numpy(), np.eye(layer.r1.shape[0]))
+        # each output channel keeps the trained scale, so a fine-tune's steps are as large as training's
+        np.testing.assert_allclose(np.std(layer.kernel.numpy(), axis=(0, 1, 2)), trained_scale, rtol=1e-4)
         layer.kernel.assign(layer.kernel.numpy().astype(np.float16).astype(np.float32))
     np.testing.assert_array_equal(model(x, training=False).numpy(), before)
     inference = to_inference(model)
@@ -269,10 +274,12 @@ def test_the_storage_form_of_single_signed_rows():
     target = rng.normal(size=(3, *layer.rotation_shape)).astype(np.float32)
     target[1] = np.abs(target[1])
     layer.mixed_weights = lambda: tf.constant(target)  # what the trained rotations would give
+    kernel_before = layer.kernel.numpy()
     assert rbnn.fold_rotations(layer)
     del layer.mixed_weights
     folded = layer.kernel_quantizer(layer.mixed_weights()).numpy()
     np.testing.assert_array_equal(folded, np.where(target >= 0, 1.0, -1.0))
+    assert np.all(layer.kernel.numpy()[..., 1] == 2.0 ** np.round(np.log2(np.std(kernel_before[..., 1]))))
 
     kernel = layer.kernel.numpy()
     target[2] = -np.abs(target[2])

@@ -11,7 +11,8 @@ SGD momentum 0.9, learning rate 0.1, PyTorch-style (coupled) weight decay 1e-4 o
 variable, cosine annealing to 0 stepped per epoch, cross-entropy.
 
 Epochs scale a run down: schedules are functions of the epoch fraction, so a 10-epoch
-run covers the whole schedule; the warm-up is dropped below 10 epochs.
+run covers the whole schedule, and a warm-up keeps its share of the paper's run (rounded
+to whole epochs: RBNN's 5 of 1000 epochs is 1 epoch of 200 and none of 15).
 """
 
 from __future__ import annotations
@@ -58,7 +59,7 @@ class Recipe:
         )
         epochs = epochs or default_epochs
         return cls(epochs=epochs, batch_size=batch_size or default_batch,
-                   warmup_epochs=warmup if epochs >= 10 else 0, **overrides)
+                   warmup_epochs=round(warmup * epochs / default_epochs), **overrides)
 
     def learning_rate_at(self, epoch: int) -> float:
         """Linear warm-up ``lr·(e+1)/W`` for ``e < W``, then cosine to 0 over ``E − W + 1``."""

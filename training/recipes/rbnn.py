@@ -7,8 +7,8 @@ Paper settings by default: SGD momentum 0.9, learning rate 0.1, weight decay 1e-
 The rotation update and the sign-approximation schedule run as callbacks.
 
 Scale a run down with ``epochs``: the schedules (warm-up, cosine, t/k) are functions of
-the epoch fraction, so a 10-epoch run covers the whole schedule; the warm-up is dropped
-below 10 epochs.
+the epoch fraction, so a 10-epoch run covers the whole schedule; the warm-up keeps its
+share of the 1000 epochs (5 in 1000, rounded: 1 epoch of 200, none of 15).
 
     zoo train rbnn_resnet20 --dataset fashion_mnist --epochs 3
 """

@@ -322,9 +322,10 @@ def fold_rotations(layer: RBNNConv2D) -> bool:
     The forward depends on the kernel only through ``sign(w̃)``. With R1 = R2 = I,
     ``w̃ = X`` for any θ, so a kernel whose standardized rows have the signs of the
     trained ``w̃`` gives the same layer. Its entries are ``sign(w̃)·(|w̃| + margin)``, the
-    negative ones rescaled so that every row has mean zero: standardizing keeps each
-    sign, and every entry is at least ``margin`` from zero, so float16 rounding cannot
-    flip one (a row of positive signs only becomes equal entries, which standardize to
+    negative ones rescaled so that every row has mean zero, and each row then scaled to the
+    trained kernel row's standard deviation: standardizing keeps each sign and ignores the
+    scale, every entry is at least ``margin`` standard deviations from zero, so float16
+    rounding cannot flip one, and a fine-tune's steps are the size they were in training (a row of positive signs only becomes equal entries, which standardize to
     0, whose sign is +1). α, θ and the sign schedule stay as trained; fine-tuning continues from
     this form, its rotation updates starting at the identity. A row whose signs are all
     negative has no such form (standardized rows always hold a non-negative entry): the
@@ -340,6 +341,17 @@ def fold_rotations(layer: RBNNConv2D) -> bool:
     scale = np.divide(positive_sum, negative_sum, out=np.ones_like(negative_sum), where=negative_sum > 0)
     rows = np.where(positive, magnitude, -magnitude * scale)
     rows[positive.all(axis=1)] = 1.0  # an all-positive row: equal entries standardize to 0, whose sign is +1
+    # Standardizing ignores a row's scale, the optimizer does not: each row keeps the trained
+    # kernel's, so a fine-tune moves the stored weights as far per step as it moved the trained
+    # ones (rows in standardized units were ~50x larger, and Adam at 2e-3 flipped no sign).
+    trained = tf.reshape(tf.transpose(layer.kernel, [3, 2, 0, 1]), [layer.filters, -1]).numpy().astype(np.float64)
+    trained_scale = np.std(trained, axis=1, keepdims=True)
+    row_scale = np.std(rows, axis=1, keepdims=True)
+    # an all-positive row (std 0) becomes the power of two nearest the scale: equal entries
+    # whose float32 mean is exact, so they still standardize to 0
+    nearest_power = 2.0 ** np.round(np.log2(np.where(trained_scale > 0, trained_scale, 1.0)))
+    factor = np.divide(trained_scale, row_scale, out=nearest_power, where=row_scale > 0)
+    rows = rows * np.where(factor > 0, factor, 1.0)
     layer.kernel.assign(layer._to_hwio(tf.constant(rows, tf.float32)))
     layer.r1.assign(tf.eye(layer.r1.shape[0]))
     layer.r2.assign(tf.eye(layer.r2.shape[0]))
