@@ -164,6 +164,24 @@ def test_start_up_prints_only_zoos_line_and_can_be_silenced(tmp_path):
     ]
 
 
+def test_reading_a_dataset_leaves_the_applications_logging_unconfigured(tmp_path, fashion_mnist_data_dir):
+    """TFDS logs through absl, which configures root logging when it has no handler: after
+    zoo's data layer the root logger must be as the application left it, and zoo's own
+    line keep its form (it was printed as ``INFO:zoo:...`` in the main job)."""
+    run = _python(f"""
+        import logging, sys, zoo
+        for images, labels in zoo.load_dataset("fashion_mnist", "test", batch_size=8, take=8,
+                                               data_dir={fashion_mnist_data_dir!r}):
+            pass
+        print("root handlers:", logging.getLogger().handlers, file=sys.stderr, flush=True)
+        zoo.load("bnn_resnet20")
+    """, cwd=tmp_path)
+    assert run.returncode == 0, run.stderr
+    lines = run.stderr.splitlines()
+    assert lines[0] == "root handlers: []"
+    assert lines[1].startswith("zoo: bnn_resnet20: pretrained weights 'fashion_mnist'") and len(lines) == 2
+
+
 def test_native_log_lines_below_the_level_are_dropped():
     stamp = "0000 00:00:1796518217.880514    5358"
     text = (

@@ -18,6 +18,7 @@
 
 import contextlib
 import ctypes.util
+import functools
 import importlib.util
 import logging
 import os
@@ -134,6 +135,36 @@ class _StderrHandler(logging.StreamHandler):
 
     def filter(self, record):
         return not logging.getLogger().handlers and super().filter(record)
+
+
+@contextlib.contextmanager
+def root_logging_untouched():
+    """Runs a block in which absl (through TFDS) may log: absl, like the ``logging.info``
+    family, calls ``logging.basicConfig()`` when the root logger has no handler, which would
+    configure the application's logging behind its back (and print zoo's own lines as
+    ``INFO:zoo:``). A NullHandler holds the root's place meanwhile; a root logger the
+    application configured is left alone."""
+    root = logging.getLogger()
+    if root.handlers:
+        yield
+        return
+    placeholder = logging.NullHandler()
+    root.addHandler(placeholder)
+    try:
+        yield
+    finally:
+        root.removeHandler(placeholder)
+
+
+def root_logging_untouched_by(function):
+    """``function`` run inside :func:`root_logging_untouched`."""
+
+    @functools.wraps(function)
+    def wrapper(*args, **kwargs):
+        with root_logging_untouched():
+            return function(*args, **kwargs)
+
+    return wrapper
 
 
 def _configure_zoo_logger() -> None:

@@ -46,6 +46,7 @@ from typing import Callable, Sequence
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from zoo._env import root_logging_untouched_by
 from zoo.datasets import fashion_mnist as _fmnist
 
 __all__ = [
@@ -125,6 +126,7 @@ def _imagenet_class_names() -> tuple[str, ...] | None:
         return None
 
 
+@root_logging_untouched_by
 def dataset_info(name: str) -> dict:
     """Static facts about a supported dataset (no data access).
 
@@ -168,6 +170,7 @@ def resolve_fashion_mnist_source_dir(source_dir: os.PathLike | str | None = None
     return Path(source_dir) if source_dir is not None else _fmnist.default_source_dir()
 
 
+@root_logging_untouched_by
 def prepare_fashion_mnist(
     data_dir: os.PathLike | str | None = None,
     source_dir: os.PathLike | str | None = None,
@@ -226,6 +229,7 @@ def _not_found(key: str, data_dir_root) -> DatasetNotFoundError:
     )
 
 
+@root_logging_untouched_by
 def get_builder(
     name: str,
     *,
@@ -398,6 +402,7 @@ def _batched_pipeline(
     return ds.prefetch(AUTOTUNE)
 
 
+@root_logging_untouched_by
 def load_dataset(
     name: str,
     split: str,
