@@ -2,6 +2,8 @@
 
 from pathlib import Path
 
+import pytest
+
 from zoo import registry
 from training import quickstart
 
@@ -30,3 +32,24 @@ def test_quickstart_evaluates_fine_tunes_converts_and_runs(fashion_mnist_data_di
     assert report["lce_latency_ms_median"] > 0
     out = capsys.readouterr().out
     assert "fine-tuned from the pretrained weights" in out and "from random initialisation" not in out
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--model", "bnn_resnet18"], "--model 'bnn_resnet18' has no fashion_mnist weights; choose one of "),
+    (["--epochs", "0"], "--epochs must be at least 1, got 0"),
+    (["--eval-images", "10001"], "--eval-images must be between 0 (all) and 10000, got 10001"),
+    (["--output", "FILE/below"], "--output FILE/below: cannot make the directory (Not a directory)"),
+])
+def test_bad_flags_are_refused_in_one_line_before_any_work(flags, message, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "FILE").write_text("a file, not a directory")
+    with pytest.raises(SystemExit) as exit_info:
+        quickstart.main(flags)
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error.startswith("quickstart") and message in error
+
+
+def test_an_output_directory_that_does_not_exist_is_made(tmp_path):
+    output = tmp_path / "new" / "dir"
+    assert quickstart.parse_args(["--output", str(output)]).output == str(output) and output.is_dir()

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import tempfile
 from pathlib import Path
 
@@ -24,16 +25,18 @@ import zoo  # noqa: I001  (first: selects Keras 2)
 import numpy as np
 import tensorflow as tf
 import tf_keras as keras
+from zoo.errors import user_errors
 from zoo.text import text_table
 from training.recipes import recipe_for
 
 PRETRAINED_TAG = "fashion_mnist"
+FASHION_MNIST_TEST_IMAGES = 10_000
 #: the fine-tune: the method's recipe with Adam, a cosine decay to 0 (per epoch), batch 64, seed 0 (both runs)
 FINE_TUNE_EPOCHS, FINE_TUNE_LEARNING_RATE, FINE_TUNE_BATCH, SEED = 8, 2e-3, 64, 0
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="quickstart", description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="rbnn_resnet18", help="a model with fashion_mnist weights")
     parser.add_argument("--epochs", type=int, default=FINE_TUNE_EPOCHS, help="fine-tuning epochs on the digits")
     parser.add_argument("--no-control", action="store_true",
@@ -43,7 +46,20 @@ def parse_args(argv=None):
     parser.add_argument("--data-dir", default=None, help="TFDS data dir (default: TFDS's)")
     parser.add_argument("--output", default=None, help="where to write the .tflite (default: a temp dir)")
     parser.add_argument("--quiet", action="store_true", help="no progress output")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    shipped = sorted(entry.name for entry in zoo.registry.manifest_entries() if entry.tag == PRETRAINED_TAG)
+    if args.model not in shipped:
+        parser.error(f"--model {args.model!r} has no {PRETRAINED_TAG} weights; choose one of {', '.join(shipped)}")
+    if args.epochs < 1:
+        parser.error(f"--epochs must be at least 1, got {args.epochs}")
+    if not 0 <= args.eval_images <= FASHION_MNIST_TEST_IMAGES:
+        parser.error(f"--eval-images must be between 0 (all) and {FASHION_MNIST_TEST_IMAGES}, got {args.eval_images}")
+    if args.output is not None:
+        try:
+            Path(args.output).mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            parser.error(f"--output {args.output}: cannot make the directory ({err.strerror})")
+    return args
 
 
 def digits(image_size: int = 28, test_fraction: float = 0.2, seed: int = 0):
@@ -161,4 +177,7 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except user_errors() as err:
+        sys.exit(f"quickstart: error: {err}")

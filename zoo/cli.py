@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from training import cli as train_command
+from zoo.errors import user_errors
 from zoo.text import readable, text_table
 
 
@@ -356,15 +357,6 @@ def _add_port_command(commands) -> None:
                          help="default: the layout the checkpoint's names fit best")
     porting.set_defaults(run=cmd_port)
 
-
-
-def user_errors() -> tuple[type[Exception], ...]:
-    """What the zoo raises for bad input, which the commands report in one line: ValueError
-    and its subclasses (unknown names, shapes, settings, weights files, budgets, checkpoints)
-    and a dataset that is not prepared. Anything else is a bug and keeps its traceback."""
-    from zoo.data import DatasetNotFoundError
-
-    return (ValueError, DatasetNotFoundError)
 
 
 def main(argv: list[str] | None = None) -> int:
