@@ -2,9 +2,12 @@
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 
+import zoo  # noqa: I001  (first: selects Keras 2)
 from zoo import registry
+from zoo.export import binary_exports
 from training import quickstart
 
 
@@ -26,6 +29,7 @@ def test_quickstart_evaluates_fine_tunes_converts_and_runs(fashion_mnist_data_di
     # ten classes, chance 0.1; one epoch of the whole model (the README's figures come from the default 8)
     assert report["digits_test_accuracy"] > 0.15 and report["digits_test_accuracy_from_random_init"] is None
     assert report["fine_tune"]["epochs"] == 1 and report["fine_tune"]["weight_decay"] > 0  # θ must move (RBNN)
+    assert 0.0 <= report["binary_weights_changed_by_fine_tune"] <= 1.0
     assert report["lce_bconv2d"] == report["binary_layers"] == 16
     assert report["lce_top1_agreement"] >= 0.99
     assert Path(report["tflite"]).stat().st_size == report["tflite_bytes"]
@@ -53,3 +57,12 @@ def test_bad_flags_are_refused_in_one_line_before_any_work(flags, message, tmp_p
 def test_an_output_directory_that_does_not_exist_is_made(tmp_path):
     output = tmp_path / "new" / "dir"
     assert quickstart.parse_args(["--output", str(output)]).output == str(output) and output.is_dir()
+
+
+def test_the_changed_share_counts_the_binary_weights_a_fine_tune_flips():
+    model = zoo.load("bnn_resnet20", weights=None, input_shape=(28, 28, 1), classes=10)
+    before = quickstart.binary_weights(model)
+    layer = next(layer for layer in model.layers if layer.name in binary_exports(model))
+    kernel = layer.get_weights()[0]
+    layer.set_weights([-kernel, *layer.get_weights()[1:]])  # every sign of one layer (none is exactly 0)
+    assert np.mean(quickstart.binary_weights(model) != before) == pytest.approx(kernel.size / before.size)

@@ -26,6 +26,7 @@ import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 from zoo.errors import user_errors
+from zoo.export import binary_exports
 from zoo.text import text_table
 from training.recipes import recipe_for
 
@@ -85,21 +86,27 @@ def with_new_head(name: str, classes: int, weights, input_shape) -> keras.Model:
     return keras.Model(body.input, outputs, name=f"{name}_digits")
 
 
-def fine_tune(name: str, weights, train, test, epochs: int, verbose: int) -> tuple[keras.Model, float]:
+def binary_weights(model: keras.Model) -> np.ndarray:
+    """Every ±1 weight the model's binary convs run with (what ``zoo.to_inference`` exports)."""
+    return np.concatenate([export.kernel.ravel() for export in binary_exports(model).values()])
+
+
+def fine_tune(name: str, weights, train, test, epochs: int, verbose: int) -> tuple[keras.Model, float, float]:
     """Fine-tunes the whole model on ``train`` with its method's recipe and per-epoch
     machinery (RBNN: rotation update, sign schedule, the coupled weight decay that moves θ
     off π/2 and so lets the latent weights learn), here with Adam and a cosine decay;
     re-estimates its BatchNorm statistics on the training images; returns it with its test
-    accuracy."""
+    accuracy and the share of its binary weights whose sign the fine-tune changed."""
     (x_train, y_train), (x_test, y_test) = train, test
     model = with_new_head(name, len(np.unique(y_train)), weights, x_train.shape[1:])
     recipe = recipe_for(name, epochs, FINE_TUNE_BATCH, optimizer_name="adam", learning_rate=FINE_TUNE_LEARNING_RATE)
     recipe.compile(model)
+    before = binary_weights(model)
     data = tf.data.Dataset.from_tensor_slices((x_train, y_train)).shuffle(len(x_train), seed=SEED)
     model.fit(data.batch(FINE_TUNE_BATCH), epochs=epochs, callbacks=recipe.callbacks(name), verbose=verbose)
     zoo.recalibrate_bn(model, tf.data.Dataset.from_tensor_slices(x_train).batch(256), batches=8)
     _, accuracy = model.evaluate(x_test, y_test, verbose=verbose)
-    return model, float(accuracy)
+    return model, float(accuracy), float(np.mean(binary_weights(model) != before))
 
 
 def main(argv=None) -> dict:
@@ -123,11 +130,11 @@ def main(argv=None) -> dict:
     train, test = digits(entry.input_shape[0])
     say(f"Fine-tuning the whole model on scikit-learn's digits: {len(train[0])} train / {len(test[0])} test "
         f"images, {args.epochs} epochs")
-    model, digits_accuracy = fine_tune(args.model, PRETRAINED_TAG, train, test, args.epochs, verbose)
+    model, digits_accuracy, changed = fine_tune(args.model, PRETRAINED_TAG, train, test, args.epochs, verbose)
     control_accuracy = None
     if not args.no_control:
         say("The same fine-tune from random initialisation")
-        _, control_accuracy = fine_tune(args.model, None, train, test, args.epochs, verbose)
+        _, control_accuracy, _ = fine_tune(args.model, None, train, test, args.epochs, verbose)
     x_test = test[0]
 
     output_dir = Path(args.output or tempfile.mkdtemp(prefix="zoo-quickstart-"))
@@ -144,6 +151,7 @@ def main(argv=None) -> dict:
         "digits_test_images": len(x_test),
         "digits_test_accuracy": round(digits_accuracy, 4),
         "digits_test_accuracy_from_random_init": None if control_accuracy is None else round(control_accuracy, 4),
+        "binary_weights_changed_by_fine_tune": round(changed, 6),
         "fine_tune": {"epochs": args.epochs, "optimizer": "adam", "learning_rate": FINE_TUNE_LEARNING_RATE,
                       "schedule": "cosine", "batch_size": FINE_TUNE_BATCH, "seed": SEED,
                       "weight_decay": recipe_for(args.model, args.epochs).weight_decay},
@@ -161,6 +169,7 @@ def main(argv=None) -> dict:
          f"{report['fashion_mnist_test_accuracy']:.2%} on {report['fashion_mnist_test_images']} images"],
         ["digits test accuracy, fine-tuned from the pretrained weights",
          f"{report['digits_test_accuracy']:.2%} on {len(x_test)} images ({args.epochs} epochs on {len(train[0])})"],
+        ["binary weights whose sign the fine-tune changed", f"{changed:.2%}"],
         *([] if control_accuracy is None else [[
             "digits test accuracy, the same fine-tune from random initialisation",
             f"{control_accuracy:.2%} on {len(x_test)} images"]]),
