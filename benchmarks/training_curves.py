@@ -93,7 +93,7 @@ def main(argv=None):
             for label, run in runs.items()]
     table = markdown_table(rows, ["model", "budget (epochs x images)", "recipe", "held-out top-1 per epoch (%)",
                                   "test top-1 per epoch (%)",
-                                  "final test top-1", "after BN re-estimation (shipped)"])
+                                  "final test top-1", "after BN re-estimation (the run's weights file)"])
     table += ("\n\nHeld-out: the run's held-out training images (where it held some out; recipes and schedules "
               "are chosen there). Test: all 10 000 Fashion-MNIST test images after each epoch, measured only. "
               "Commands:\n\n"
