@@ -120,7 +120,7 @@ def main(argv=None):
     data = zoo.load_dataset("fashion_mnist", "train", batch_size=args.batch_size, take=args.train_images,
                             data_dir=args.data_dir, seed=0)
     held_out = zoo.load_dataset("fashion_mnist", f"train[{train_size - args.held_out}:]", batch_size=256,
-                                data_dir=args.data_dir)
+                                training=False, data_dir=args.data_dir)
     recalibration = zoo.load_dataset("fashion_mnist", "train", batch_size=256, training=False,
                                      take=args.train_images, data_dir=args.data_dir)
     results, rows = {}, []

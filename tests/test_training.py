@@ -320,3 +320,16 @@ def assert_checkpoint_restores(name, model, output, data_dir):
         if not a.name.endswith(("moving_mean:0", "moving_variance:0")):
             np.testing.assert_array_equal(a.numpy(), b.numpy(), err_msg=a.name)
     assert int(fresh.optimizer.iterations) >= 2  # the epoch's 2 steps (RBCN's BN pass adds its own)
+
+
+def test_accuracy_pairs_each_prediction_with_its_own_labels_on_shuffled_data():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(256, 4)).astype(np.float32)
+    y = rng.integers(0, 3, 256)
+    inputs = keras.Input((4,))
+    model = keras.Model(inputs, keras.layers.Dense(3, kernel_initializer="glorot_uniform")(inputs))
+    expected = float(np.mean(np.argmax(model.predict(x, verbose=0), axis=-1) == y))
+    shuffled = tf.data.Dataset.from_tensor_slices((x, y)).shuffle(256, seed=1, reshuffle_each_iteration=True).batch(32)
+    assert loop.accuracy(model, shuffled) == pytest.approx(expected)
+    with pytest.raises(ValueError, match="no batch"):
+        loop.accuracy(model, shuffled.take(0))
