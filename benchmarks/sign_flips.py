@@ -23,11 +23,10 @@ import tf_keras as keras  # noqa: E402
 from common import command_line, parse_arguments, write_results  # noqa: E402
 from zoo.text import markdown_table  # noqa: E402
 from training.recipes import recipe_for  # noqa: E402
-from zoo.export import binary_exports  # noqa: E402
+from training.quickstart import binary_weights  # noqa: E402
 
 
-def binary_kernels(model) -> np.ndarray:
-    return np.concatenate([export.kernel.ravel() for export in binary_exports(model).values()])
+binary_kernels = binary_weights  # every ±1 weight the model's binary convs run with
 
 
 class FlipProbe(keras.callbacks.Callback):
