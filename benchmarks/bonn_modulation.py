@@ -32,7 +32,7 @@ import tensorflow as tf  # noqa: E402
 import tf_keras as keras  # noqa: E402
 from common import command_line, parse_arguments, write_results  # noqa: E402
 from zoo.text import markdown_table  # noqa: E402
-from sign_flips import binary_kernels  # noqa: E402
+from zoo.export import binary_weights  # noqa: E402
 from training.loop import accuracy  # noqa: E402
 from training.recipes import recipe_for  # noqa: E402
 from zoo.schemes.bonn import bonn_layers  # noqa: E402
@@ -59,14 +59,14 @@ class EpochProbe(keras.callbacks.Callback):
         self.rows = []
 
     def on_epoch_begin(self, epoch, logs=None):
-        self.snapshots = {"epoch_start": binary_kernels(self.student)}
+        self.snapshots = {"epoch_start": binary_weights(self.student)}
 
     def on_train_batch_end(self, batch, logs=None):
         if batch in self.marks:
-            self.snapshots[self.marks[batch]] = binary_kernels(self.student)
+            self.snapshots[self.marks[batch]] = binary_weights(self.student)
 
     def on_epoch_end(self, epoch, logs=None):
-        current, snapshot = binary_kernels(self.student), self.snapshots
+        current, snapshot = binary_weights(self.student), self.snapshots
         self.rows.append({
             "epoch": epoch + 1, "held_out_accuracy": accuracy(self.student, self.held_out),
             "flipped": float(np.mean(current != snapshot["epoch_start"])),

@@ -23,23 +23,20 @@ import tf_keras as keras  # noqa: E402
 from common import command_line, parse_arguments, write_results  # noqa: E402
 from zoo.text import markdown_table  # noqa: E402
 from training.recipes import recipe_for  # noqa: E402
-from training.quickstart import binary_weights  # noqa: E402
-
-
-binary_kernels = binary_weights  # every ±1 weight the model's binary convs run with
+from zoo.export import binary_weights  # noqa: E402
 
 
 class FlipProbe(keras.callbacks.Callback):
     def __init__(self, student, every):
         super().__init__()
         self.student, self.every = student, every
-        self.initial = self.previous = binary_kernels(student)
+        self.initial = self.previous = binary_weights(student)
         self.rows = []
 
     def on_train_batch_end(self, batch, logs=None):
         if (batch + 1) % self.every:
             return
-        current = binary_kernels(self.student)
+        current = binary_weights(self.student)
         self.rows.append({"step": batch + 1, "flipped_since_start": float(np.mean(current != self.initial)),
                           "flipped_since_last_probe": float(np.mean(current != self.previous)),
                           **{k: float(v) for k, v in (logs or {}).items()}})

@@ -8,7 +8,7 @@ import tf_keras as keras
 import zoo
 from helpers import randomize_batch_norms, random_pixels, relative_error
 from zoo import registry
-from zoo.export import binary_exports, to_inference
+from zoo.export import binary_exports, binary_weights, to_inference
 from zoo.schemes import BinaryExport, export_rule
 from zoo.schemes.base import conv_geometry
 
@@ -104,3 +104,12 @@ def test_a_scale_without_a_following_batch_norm_is_an_error():
     model = signed_scale_model(lambda x: keras.layers.ReLU(name="relu")(x))
     with pytest.raises(ValueError, match="'conv'.*cannot be folded.*'relu'"):
         to_inference(model)
+
+
+def test_binary_weights_count_every_sign_a_change_flips():
+    model = zoo.load("bnn_resnet20", weights=None, input_shape=(28, 28, 1), classes=10)
+    before = binary_weights(model)
+    layer = next(layer for layer in model.layers if layer.name in binary_exports(model))
+    kernel = layer.get_weights()[0]
+    layer.set_weights([-kernel, *layer.get_weights()[1:]])  # every sign of one layer (none is exactly 0)
+    assert np.mean(binary_weights(model) != before) == pytest.approx(kernel.size / before.size)

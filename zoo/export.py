@@ -47,6 +47,11 @@ def binary_exports(model: keras.Model) -> dict[str, BinaryExport]:
     return exports
 
 
+def binary_weights(model: keras.Model) -> np.ndarray:
+    """Every ±1 weight the model's binary convs run with (what :func:`to_inference` exports), flat."""
+    return np.concatenate([export.kernel.ravel() for export in binary_exports(model).values()])
+
+
 def to_inference(model: keras.Model) -> keras.Model:
     """The inference model of a trained model: ±1 ``QuantConv2D`` + folded BatchNorm.
 
