@@ -32,7 +32,7 @@ import tf_keras as keras  # noqa: E402
 from common import command_line, parse_arguments, write_results  # noqa: E402
 from zoo.text import markdown_table  # noqa: E402
 from training.loop import accuracy  # noqa: E402
-from probes import EpochProbe  # noqa: E402
+from probes import RESULT_COLUMNS, EpochProbe, fashion_mnist_splits, result_cells  # noqa: E402
 from training.recipes import recipe_for  # noqa: E402
 from zoo.schemes.bonn import bonn_layers  # noqa: E402
 
@@ -83,30 +83,16 @@ def main(argv=None):
     unknown = sorted(set(args.rows.split(",")) - {*INITIALISATIONS, *REFERENCES})
     if unknown:
         parser.error(f"unknown rows {', '.join(unknown)}; choose from {', '.join([*INITIALISATIONS, *REFERENCES])}")
-    train_size = zoo.data.dataset_info("fashion_mnist")["splits"]["train"]
-    if not 0 < args.held_out < train_size - args.train_images + 1:
-        parser.error(f"--held-out must leave the first --train-images {args.train_images} of the {train_size} "
-                     "training images out of it")
-
-    data = zoo.load_dataset("fashion_mnist", "train", batch_size=args.batch_size, take=args.train_images,
-                            data_dir=args.data_dir, seed=0)
-    held_out = zoo.load_dataset("fashion_mnist", f"train[{train_size - args.held_out}:]", batch_size=256,
-                                training=False, data_dir=args.data_dir)
-    recalibration = zoo.load_dataset("fashion_mnist", "train", batch_size=256, training=False,
-                                     take=args.train_images, data_dir=args.data_dir)
+    data, held_out, recalibration = fashion_mnist_splits(parser, args)
     results, rows = {}, []
     for optimizer in args.optimizers.split(","):
         for row in args.rows.split(","):
             label = (row if row in REFERENCES else f"bonn_resnet20 (w = {row})") + f", {optimizer}"
             result = results[label] = run(row, optimizer, args, data, held_out, recalibration)
-            rows.append([label, " / ".join(f"{epoch['held_out_accuracy']:.2%}" for epoch in result["epochs"]),
-                         f"{result['recalibrated_held_out_accuracy']:.2%}",
-                         " / ".join(f"{epoch['flipped']:.2%} ({epoch['flipped_first_tenth']:.2%}, "
-                                    f"{epoch['flipped_last_tenth']:.2%})" for epoch in result["epochs"])])
+            rows.append([label, *result_cells(result)])
             print(rows[-1], flush=True)
     command = command_line(__file__, argv)
-    table = markdown_table(rows, ["run", "held-out top-1 per epoch", "after BN re-estimation",
-                                  "signs flipped per epoch (first 10 %, last 10 % of its steps)"])
+    table = markdown_table(rows, ["run", *RESULT_COLUMNS])
     table += (f"\n\nReal Fashion-MNIST: {args.epochs} epochs x the first {args.train_images} training images, "
               f"batch {args.batch_size}, seed 0; accuracy on the last {args.held_out} training images (held out). "
               f"sgd = the BONN recipe (SGD 0.9, lr 0.1, cosine, coupled decay 1e-4 on non-binary variables), "

@@ -29,7 +29,7 @@ import zoo  # noqa: E402,I001  (first: selects Keras 2)
 import tensorflow as tf  # noqa: E402
 import tf_keras as keras  # noqa: E402
 from common import command_line, parse_arguments, write_results  # noqa: E402
-from probes import EpochProbe  # noqa: E402
+from probes import RESULT_COLUMNS, EpochProbe, fashion_mnist_splits, result_cells  # noqa: E402
 from zoo.text import markdown_table  # noqa: E402
 from training.loop import accuracy  # noqa: E402
 from training.recipes import recipe_for  # noqa: E402
@@ -84,28 +84,14 @@ def main(argv=None):
         parser.error(f"unknown rows {', '.join(unknown)}; choose from {', '.join(ROWS)}")
     if args.epochs < 1:
         parser.error(f"--epochs must be at least 1, got {args.epochs}")
-    train_size = zoo.data.dataset_info("fashion_mnist")["splits"]["train"]
-    if not 0 < args.held_out <= train_size - args.train_images:
-        parser.error(f"--held-out must leave the first --train-images {args.train_images} of the {train_size} "
-                     "training images out of it")
-
-    data = zoo.load_dataset("fashion_mnist", "train", batch_size=args.batch_size, take=args.train_images,
-                            data_dir=args.data_dir, seed=0)
-    held_out = zoo.load_dataset("fashion_mnist", f"train[{train_size - args.held_out}:]", batch_size=256,
-                                training=False, data_dir=args.data_dir)
-    recalibration = zoo.load_dataset("fashion_mnist", "train", batch_size=256, training=False,
-                                     take=args.train_images, data_dir=args.data_dir)
+    data, held_out, recalibration = fashion_mnist_splits(parser, args)
     results, table_rows = {}, []
     for row in rows:
         result = results[row] = run(row, args, data, held_out, recalibration)
-        table_rows.append([row, " / ".join(f"{epoch['held_out_accuracy']:.2%}" for epoch in result["epochs"]),
-                           f"{result['recalibrated_held_out_accuracy']:.2%}",
-                           " / ".join(f"{epoch['flipped']:.2%} ({epoch['flipped_first_tenth']:.2%}, "
-                                      f"{epoch['flipped_last_tenth']:.2%})" for epoch in result["epochs"])])
+        table_rows.append([row, *result_cells(result)])
         print(table_rows[-1], flush=True)
     command = command_line(__file__, argv)
-    table = markdown_table(table_rows, ["row", "held-out top-1 per epoch", "after BN re-estimation",
-                                        "signs flipped per epoch (first 10 %, last 10 % of its steps)"])
+    table = markdown_table(table_rows, ["row", *RESULT_COLUMNS])
     table += (f"\n\nReal Fashion-MNIST: {args.epochs} epochs x the first {args.train_images} training images, "
               f"batch {args.batch_size}, seed 0, Adam {args.learning_rate:g} with a cosine decay to 0, no weight "
               f"decay; accuracy on the last {args.held_out} training images (held out).\n\n`{command}`")

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 import tf_keras as keras
+from helpers import random_pixels
 from zoo import cli
 
 from training import checkpoint
@@ -225,3 +226,20 @@ def test_benchmark_results_are_replaced_only_with_overwrite(tmp_path, monkeypatc
     assert refused.value.code == 2 and "bench_a_vs_b.json exists; pass --overwrite" in capsys.readouterr().err
     assert parse("a", "b", "--overwrite").overwrite
     assert parse("a", "b", "--name", "bench_smaller").name == "bench_smaller"
+
+
+@pytest.mark.parametrize("steps", [1, 2, 25])
+def test_the_epoch_probe_records_every_epoch_however_few_its_steps(steps, monkeypatch):
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    from probes import EpochProbe
+
+    model = zoo.load("bnn_resnet20", weights=None, input_shape=(28, 28, 1), classes=10)
+    model.compile("adam", "sparse_categorical_crossentropy")
+    labels = np.arange(2 * steps) % 10
+    data = tf.data.Dataset.from_tensor_slices((random_pixels((28, 28, 1), batch=2 * steps), labels)).batch(2)
+    probe = EpochProbe(model, data, steps=steps)
+    model.fit(data, epochs=2, callbacks=[probe], verbose=0)
+    assert [row["epoch"] for row in probe.rows] == [1, 2]
+    for row in probe.rows:
+        assert all(0.0 <= row[key] <= 1.0 for key in
+                   ("flipped", "flipped_first_tenth", "flipped_last_tenth", "held_out_accuracy"))
