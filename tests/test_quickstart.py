@@ -1,5 +1,7 @@
 """The README's main job runs end to end (few images, one head epoch) on the shipped weights."""
 
+import dataclasses
+import json
 from pathlib import Path
 
 import pytest
@@ -7,6 +9,8 @@ import pytest
 import zoo  # noqa: I001  (first: selects Keras 2)
 from zoo import registry
 from training import quickstart
+
+REPO = Path(__file__).resolve().parent.parent
 
 
 def test_digits_are_raw_pixels_split_per_class():
@@ -26,7 +30,8 @@ def test_quickstart_evaluates_fine_tunes_converts_and_runs(fashion_mnist_data_di
     assert abs(100 * report["fashion_mnist_test_accuracy"] - entry.metrics["top1_first_1000"]) <= 1.0
     # ten classes, chance 0.1; one epoch of the whole model (the README's figures come from the default 8)
     assert report["digits_test_accuracy"] > 0.15 and report["digits_test_accuracy_from_random_init"] is None
-    assert report["fine_tune"]["epochs"] == 1 and report["fine_tune"]["weight_decay"] > 0  # θ must move (RBNN)
+    assert report["fine_tune"] == {**dataclasses.asdict(quickstart.FineTune(epochs=1)), "optimizer": "adam",
+                                   "schedule": "cosine", "seed": quickstart.SEED}
     assert 0.0 <= report["binary_weights_changed_by_fine_tune"] <= 1.0
     assert report["lce_bconv2d"] == report["binary_layers"] == 16
     assert report["lce_top1_agreement"] >= 0.99
@@ -56,3 +61,12 @@ def test_an_output_directory_that_does_not_exist_is_made(tmp_path):
     output = tmp_path / "new" / "dir"
     assert quickstart.parse_args(["--output", str(output)]).output == str(output) and output.is_dir()
 
+
+def test_the_fine_tune_settings_are_the_ones_chosen_on_held_out_digits():
+    chosen = json.loads((REPO / "benchmarks" / "results" / "fine_tune_choice_rbnn_resnet18.json").read_text())
+    settings = quickstart.FineTune()
+    assert (chosen["model"], chosen["epochs"]) == (quickstart.parse_args([]).model, settings.epochs)
+    assert (settings.learning_rate, settings.weight_decay) == (chosen["kept"]["learning_rate"],
+                                                               chosen["kept"]["weight_decay"])
+    assert chosen["kept"]["pretrained"]["held_out_accuracy"] == max(
+        row["pretrained"]["held_out_accuracy"] for row in chosen["rows"])
