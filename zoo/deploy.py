@@ -29,6 +29,7 @@ import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
+from zoo._env import root_logging_untouched_by
 from zoo.export import Operator, binary_exports, lce_flatbuffer, operators, quiet_logger, to_inference
 from zoo.files import atomic_output
 from zoo.loading import load
@@ -95,6 +96,7 @@ class ConversionReport:
         return dataclasses.asdict(self)
 
 
+@root_logging_untouched_by  # TF's converter logs through absl, which would configure root logging
 def convert(
     model_or_name: str | keras.Model,
     output_path: str | os.PathLike,
@@ -635,6 +637,7 @@ class BenchmarkReport:
         return {**dataclasses.asdict(self), "ratios": self.ratios}
 
 
+@root_logging_untouched_by
 def benchmark(
     name_or_tflite,
     *,
