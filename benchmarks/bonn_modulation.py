@@ -31,8 +31,7 @@ import tensorflow as tf  # noqa: E402
 import tf_keras as keras  # noqa: E402
 from common import command_line, parse_arguments, write_results  # noqa: E402
 from zoo.text import markdown_table  # noqa: E402
-from training.loop import accuracy  # noqa: E402
-from probes import RESULT_COLUMNS, EpochProbe, fashion_mnist_splits, result_cells  # noqa: E402
+from probes import RESULT_COLUMNS, fashion_mnist_splits, fit_and_probe, result_cells  # noqa: E402
 from training.recipes import recipe_for  # noqa: E402
 from zoo.schemes.bonn import bonn_layers  # noqa: E402
 
@@ -61,10 +60,8 @@ def run(row: str, optimizer: str, args, data, held_out, recalibration) -> dict:
     recipe = recipe_for(name, args.epochs, args.batch_size, method="bonn", **overrides)
     trainable = recipe.wrap(model)
     recipe.compile(trainable)
-    probe = EpochProbe(model, held_out, steps=-(-args.train_images // args.batch_size))
-    trainable.fit(data, epochs=recipe.epochs, callbacks=[probe, *recipe.callbacks(name)], verbose=0)
-    zoo.recalibrate_bn(model, recalibration, batches=50)
-    return {"epochs": probe.rows, "recalibrated_held_out_accuracy": accuracy(model, held_out)}
+    return fit_and_probe(model, trainable, data, held_out, recalibration, recipe.epochs,
+                         -(-args.train_images // args.batch_size), recipe.callbacks(name))
 
 
 def main(argv=None):

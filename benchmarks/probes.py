@@ -72,3 +72,14 @@ def fashion_mnist_splits(parser: argparse.ArgumentParser, args: argparse.Namespa
     recalibration = zoo.load_dataset("fashion_mnist", "train", batch_size=256, training=False,
                                      take=args.train_images, data_dir=args.data_dir)
     return train, held_out, recalibration
+
+
+def fit_and_probe(student: keras.Model, trainable: keras.Model, data, held_out, recalibration, epochs: int,
+                  steps: int, callbacks: list) -> dict:
+    """Fits ``trainable`` (the student or the wrapper that trains it) with an :class:`EpochProbe`
+    on the student, re-estimates the student's BatchNorm statistics on ``recalibration`` and
+    returns the probe's rows and the held-out accuracy after the re-estimation."""
+    probe = EpochProbe(student, held_out, steps)
+    trainable.fit(data, epochs=epochs, callbacks=[probe, *callbacks], verbose=0)
+    zoo.recalibrate_bn(student, recalibration, batches=50)
+    return {"epochs": probe.rows, "recalibrated_held_out_accuracy": accuracy(student, held_out)}

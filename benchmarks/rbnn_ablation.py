@@ -29,9 +29,8 @@ import zoo  # noqa: E402,I001  (first: selects Keras 2)
 import tensorflow as tf  # noqa: E402
 import tf_keras as keras  # noqa: E402
 from common import command_line, parse_arguments, write_results  # noqa: E402
-from probes import RESULT_COLUMNS, EpochProbe, fashion_mnist_splits, result_cells  # noqa: E402
+from probes import RESULT_COLUMNS, fashion_mnist_splits, fit_and_probe, result_cells  # noqa: E402
 from zoo.text import markdown_table  # noqa: E402
-from training.loop import accuracy  # noqa: E402
 from training.recipes import recipe_for  # noqa: E402
 from zoo.schemes.rbnn import RotationUpdate, SignSchedule, rbnn_layers  # noqa: E402
 
@@ -61,10 +60,8 @@ def run(row: str, args, data, held_out, recalibration) -> dict:
     recipe.compile(model)
     callbacks = [callback for callback in recipe.callbacks(name)
                  if not isinstance(callback, LEFT_OUT.get(row, ()))]
-    probe = EpochProbe(model, held_out, steps=-(-args.train_images // args.batch_size))
-    model.fit(data, epochs=args.epochs, callbacks=[probe, *callbacks], verbose=0)
-    zoo.recalibrate_bn(model, recalibration, batches=50)
-    return {"epochs": probe.rows, "recalibrated_held_out_accuracy": accuracy(model, held_out)}
+    return fit_and_probe(model, model, data, held_out, recalibration, args.epochs,
+                         -(-args.train_images // args.batch_size), callbacks)
 
 
 def main(argv=None):
