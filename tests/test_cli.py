@@ -228,6 +228,18 @@ def test_benchmark_results_are_replaced_only_with_overwrite(tmp_path, monkeypatc
     assert parse("a", "b", "--name", "bench_smaller").name == "bench_smaller"
 
 
+def test_bonn_modulation_rows_set_lambda_or_are_refused_by_name(monkeypatch):
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    from bonn_modulation import parse_row
+
+    assert parse_row("lambda=1e-5") == ("inverse_mean", 1e-5)
+    assert parse_row("lambda=0") == parse_row("no_kernel_loss") == ("inverse_mean", 0.0)
+    assert parse_row("one") == ("one", None) and parse_row("bnn_resnet20") == ("bnn_resnet20", None)
+    for bad in ("lambda=-1e-4", "lambda=nan", "lambda=inf", "lambda=", "lambda=big", "ones"):
+        with pytest.raises(ValueError, match=repr(bad) if bad.startswith("lambda=") else "unknown row"):
+            parse_row(bad)
+
+
 @pytest.mark.parametrize("steps", [1, 2, 25])
 def test_the_epoch_probe_records_every_epoch_however_few_its_steps(steps, monkeypatch):
     monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
