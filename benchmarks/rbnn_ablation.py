@@ -5,9 +5,11 @@ row; each row changes one thing of ``rbnn_resnet20``.
     python benchmarks/rbnn_ablation.py --epochs 3
 
 Rows: ``rbnn`` (as the zoo trains it: θ = π/2, rotations fitted each epoch, the sign
-schedule); ``rotation_off`` (R1 = R2 = I and never fitted: w̃ = X for every θ, so what is
-left is weight standardization, the training-aware sign, α and the activation centring);
-``sign_schedule_off`` (t and k held at their epoch-0 values); ``theta_uniform`` (θ drawn
+schedule); ``rotation_off`` (R1 = R2 = I and never fitted, θ = π/2: w̃ = X, but its gradient
+to X is (1 − |sin θ|)·g = 0 and θ's is 0, so every sign stays as initialised: what RBNN's
+latent weights owe to the rotation); ``theta_zero`` (R1 = R2 = I, θ = 0: w̃ = X with the
+whole gradient, so what is left is weight standardization, the training-aware sign, α and
+the activation centring on a plain latent kernel); ``sign_schedule_off`` (t and k held at their epoch-0 values); ``theta_uniform`` (θ drawn
 from U(0, π/2) per channel, as the authors' pre-release code did: a deviation, measured
 here, not the default); and the reference ``bnn_resnet20``. Accuracy is on held-out
 training images (the last ``--held-out``, disjoint from the training images) per epoch and
@@ -34,9 +36,9 @@ from zoo.text import markdown_table  # noqa: E402
 from training.recipes import recipe_for  # noqa: E402
 from zoo.schemes.rbnn import RotationUpdate, SignSchedule, rbnn_layers  # noqa: E402
 
-ROWS = ("rbnn", "rotation_off", "sign_schedule_off", "theta_uniform", "bnn_resnet20")
+ROWS = ("rbnn", "rotation_off", "theta_zero", "sign_schedule_off", "theta_uniform", "bnn_resnet20")
 #: the callback each row leaves out
-LEFT_OUT = {"rotation_off": RotationUpdate, "sign_schedule_off": SignSchedule}
+LEFT_OUT = {"rotation_off": RotationUpdate, "theta_zero": RotationUpdate, "sign_schedule_off": SignSchedule}
 
 
 def ablated(row: str) -> tuple[str, keras.Model]:
@@ -45,9 +47,11 @@ def ablated(row: str) -> tuple[str, keras.Model]:
     name = "bnn_resnet20" if row == "bnn_resnet20" else "rbnn_resnet20"
     model = zoo.load(name, weights=None, input_shape=(28, 28, 1), classes=10)
     for layer in rbnn_layers(model):
-        if row == "rotation_off":
+        if row in ("rotation_off", "theta_zero"):
             layer.r1.assign(tf.eye(layer.r1.shape[0]))
             layer.r2.assign(tf.eye(layer.r2.shape[0]))
+        if row == "theta_zero":
+            layer.theta.assign(tf.zeros_like(layer.theta))
         if row == "theta_uniform":
             layer.theta.assign(tf.random.uniform(layer.theta.shape, 0.0, math.pi / 2, seed=0))
     return name, model
