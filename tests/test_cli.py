@@ -118,6 +118,13 @@ TRAIN = ["train", "bnn_resnet20", "--dataset", "fashion_mnist", "--quiet"]
     (["--train-images", "100"], "--train-images 100 is fewer than one batch (--batch-size 128)"),
     (["--train-images", "16", "--batch-size", "32"], "--train-images 16 is fewer than one batch (--batch-size 32)"),
     (["--teacher", "teachers/fp.h5"], "--teacher teachers/fp.h5: no such file"),
+    (["--kernel-loss-weight=-1e-4"], "--kernel-loss-weight must be a non-negative number, got -0.0001."),
+    (["--kernel-loss-weight", "1e-5"], "--kernel-loss-weight: Recipe (the recipe of bnn) has no kernel_loss_weight."),
+    (["--kernel-loss-weight", "1e-5", "--recipe", "bonn"], "--kernel-loss-weight: bnn_resnet20 has no BONN layers"),
+    (["--theta-init", "uniform"], "--theta-init: Recipe (the recipe of bnn) has no theta_init."),
+    (["--theta-init", "uniform", "--recipe", "rbnn"], "--theta-init: bnn_resnet20 has no RBNN layers for θ to start"),
+    (["--centre-loss-epochs", "1", "--recipe", "bonn"], "--centre-loss-epochs: BONNRecipe (the recipe of bonn) has no "
+                                                        "centre_loss_epochs."),
 ])
 def test_train_refuses_settings_it_would_have_replaced(flags, expected, tmp_path, capsys):
     output = tmp_path / "run"

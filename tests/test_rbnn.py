@@ -172,6 +172,25 @@ def test_recipe_learning_rate_follows_the_paper():
     assert imagenet.learning_rate_at(75) == pytest.approx(0.05)
 
 
+def test_the_recipe_starts_theta_uniformly_only_when_asked_and_only_in_rbnn_layers():
+    model = zoo.load("rbnn_resnet20", weights=None, input_shape=(28, 28, 1))
+    RBNNRecipe.for_model("rbnn_resnet20").wrap(model)
+    assert all(np.all(layer.theta.numpy() == np.float32(math.pi / 2)) for layer in rbnn.rbnn_layers(model))
+    keras.utils.set_random_seed(3)
+    RBNNRecipe.for_model("rbnn_resnet20", theta_init="uniform").wrap(model)
+    thetas = np.concatenate([layer.theta.numpy() for layer in rbnn.rbnn_layers(model)])
+    assert 0 < thetas.min() and thetas.max() < math.pi / 2 and abs(thetas.mean() - math.pi / 4) < 0.05
+    keras.utils.set_random_seed(3)  # the run's seed fixes the draw
+    RBNNRecipe.for_model("rbnn_resnet20", theta_init="uniform").wrap(model)
+    np.testing.assert_array_equal(np.concatenate([layer.theta.numpy() for layer in rbnn.rbnn_layers(model)]), thetas)
+    RBNNRecipe.for_model("rbnn_resnet20", theta_init="half_pi").wrap(model)
+    assert all(np.all(layer.theta.numpy() == np.float32(math.pi / 2)) for layer in rbnn.rbnn_layers(model))
+    with pytest.raises(ValueError, match="bnn_resnet20 has no RBNN layers for θ to start in"):
+        RBNNRecipe.for_model("bnn_resnet20", theta_init="uniform").wrap(zoo.load("bnn_resnet20", weights=None))
+    with pytest.raises(ValueError, match="Unknown theta_init 'zero'"):
+        RBNNRecipe.for_model("rbnn_resnet20", theta_init="zero")
+
+
 def test_fit_users_get_the_callbacks_in_one_line():
     assert [type(c).__name__ for c in zoo.callbacks("rbnn_resnet20", 10)] == ["RotationUpdate", "SignSchedule"]
     assert zoo.callbacks("bnn_resnet20", 10) == []

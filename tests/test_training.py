@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import zoo  # noqa: F401,I001  (first: selects Keras 2)
 import numpy as np
@@ -333,3 +334,15 @@ def test_accuracy_pairs_each_prediction_with_its_own_labels_on_shuffled_data():
     assert loop.accuracy(model, shuffled) == pytest.approx(expected)
     with pytest.raises(ValueError, match="no batch"):
         loop.accuracy(model, shuffled.take(0))
+
+
+def test_a_bonn_kernel_loss_weight_is_in_the_command_and_a_resume_keeps_it():
+    settings = {"model": "bonn_resnet20", "dataset": "fashion_mnist", "method": "bonn", "epochs": 15, "batch_size": 128,
+                "train_images": None, "teacher": None, "seed": 0, "kernel_loss_weight": 1e-5}
+    assert loop.command_line(settings, "bonn", None) == ("zoo train bonn_resnet20 --dataset fashion_mnist --epochs 15 "
+                                                         "--batch-size 128 --kernel-loss-weight 1e-05")
+    where = Path("runs/bonn/checkpoints/epoch-0003")
+    assert checkpoint.check_resumable(settings, {**settings, "kernel_loss_weight": None}, where) == settings
+    for stored in (settings, {key: value for key, value in settings.items() if key != "kernel_loss_weight"}):
+        with pytest.raises(checkpoint.ResumeError, match="kernel_loss_weight 0.0001"):
+            checkpoint.check_resumable(stored, {**settings, "kernel_loss_weight": 1e-4}, where)

@@ -97,20 +97,20 @@ def check_settings(settings: dict, name=str) -> None:
     """Refuses run settings no run can have (None: not given, the recipe's default), naming
     each as ``name(key)`` (a flag, or a field of ``state.json``): epochs, batch size and
     image counts that are not positive integers, a negative seed or centre-loss epochs, a learning rate that is
-    not positive or a negative weight decay, a method that is not a registered scheme,
+    not positive, a negative weight decay or kernel-loss weight, a method that is not a registered scheme,
     fewer training images than one batch. Raises ValueError."""
     for key in ("epochs", "batch_size", "train_images", "test_images", "val_images", "seed", "centre_loss_epochs"):
         value, least = settings.get(key), 0 if key in ("seed", "centre_loss_epochs") else 1
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < least):
             kind = "a non-negative" if least == 0 else "a positive"
             raise ValueError(f"{name(key)} must be {kind} integer, got {value!r}.")
-    for key in ("learning_rate", "weight_decay"):
+    for key in ("learning_rate", "weight_decay", "kernel_loss_weight"):
         value, positive = settings.get(key), key == "learning_rate"
         if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
                                   or not math.isfinite(value) or value < 0 or (positive and value == 0)):
             raise ValueError(f"{name(key)} must be a {'positive' if positive else 'non-negative'} number, "
                              f"got {value!r}.")
-    for key in ("model", "dataset", "method", "teacher", "optimizer"):
+    for key in ("model", "dataset", "method", "teacher", "optimizer", "theta_init"):
         if settings.get(key) is not None and not isinstance(settings[key], str):
             raise ValueError(f"{name(key)} must be a name, got {settings[key]!r}.")
     if settings.get("method") is not None:
@@ -166,8 +166,8 @@ def check_resumable(stored: dict, requested: dict, checkpoint: Path) -> dict:
                 f"--resume: the checkpoint in {checkpoint} is of {stored['model']} on {stored['dataset']}, "
                 f"not {requested['model']} on {requested['dataset']}. Use another --output for a new run."
             )
-    conflicts = [f"{key} {requested[key]!r} (the run has {stored[key]!r})" for key in stored
-                 if requested.get(key) is not None and requested[key] != stored[key]]
+    conflicts = [f"{key} {requested[key]!r} (the run has {stored.get(key)!r})" for key in requested
+                 if requested[key] is not None and requested[key] != stored.get(key)]
     if conflicts:
         raise ResumeError(
             f"--resume: the run in {checkpoint.parent.parent} was started with other settings: "

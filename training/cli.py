@@ -14,9 +14,12 @@ from zoo import registry
 
 from training.checkpoint import check_settings
 from training.recipes import recipe_for
+from training.recipes.rbnn import THETA_INITS
 
 #: exit status when training diverged (2 is argparse's and the zoo's for bad input)
 DIVERGED = 3
+#: settings that are fields of one method's recipe (any other recipe refuses them)
+METHOD_FIELDS = ("centre_loss_epochs", "kernel_loss_weight", "theta_init")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -46,6 +49,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--centre-loss-epochs", type=int, default=None, metavar="N",
                         help="CBCN's recipe: the last N epochs fine-tune with the centre loss (default: 10%% of "
                              "them; 0: none)")
+    parser.add_argument("--kernel-loss-weight", type=float, default=None, metavar="LAMBDA",
+                        help="BONN's recipe: λ, the weight of the Bayesian kernel loss (default: the book's 1e-4; "
+                             "another value is a deviation, docs/methods/bonn.md)")
+    parser.add_argument("--theta-init", choices=THETA_INITS, default=None,
+                        help="RBNN's recipe: θ's start (default half_pi, the paper's π/2; uniform: U(0, π/2) per "
+                             "channel, the authors' pre-release code, a deviation for short budgets)")
     parser.add_argument("--seed", type=int, default=None, help="data order, augmentation, initialisation (0)")
     parser.add_argument("--no-export", action="store_true",
                         help="skip the weights file, manifest entry and .tflite at the end (logs stay)")
@@ -62,17 +71,22 @@ def check_flags(args) -> None:
     given = {"epochs": args.epochs, "batch_size": args.batch_size, "train_images": args.train_images,
              "test_images": args.test_images, "val_images": args.val_images, "seed": args.seed, "method": args.recipe,
              "learning_rate": args.learning_rate, "weight_decay": args.weight_decay,
-             "centre_loss_epochs": args.centre_loss_epochs}
+             "centre_loss_epochs": args.centre_loss_epochs, "kernel_loss_weight": args.kernel_loss_weight,
+             "theta_init": args.theta_init}
     check_settings(given, _flag)
-    if not args.resume and (args.centre_loss_epochs is not None or (
-            args.train_images is not None and args.batch_size is None)):  # the recipe's batch, its fields
-        overrides = {} if args.centre_loss_epochs is None else {"centre_loss_epochs": args.centre_loss_epochs}
-        try:
+    overrides = {field: given[field] for field in METHOD_FIELDS if given[field] is not None}
+    if not args.resume and (overrides or (args.train_images is not None and args.batch_size is None)):
+        try:  # the recipe's batch, and its own fields
             batch_size = recipe_for(args.model, args.epochs, args.batch_size, method=args.recipe,
                                     **overrides).batch_size
         except ValueError as err:
-            raise ValueError(f"--centre-loss-epochs: {err}" if overrides else str(err)) from None
+            raise ValueError(f"{' '.join(map(_flag, overrides))}: {err}" if overrides else str(err)) from None
         check_settings({**given, "batch_size": batch_size}, _flag)
+    scheme = registry.get_model_spec(args.model).scheme.name
+    if args.kernel_loss_weight is not None and scheme != "bonn":
+        raise ValueError(f"--kernel-loss-weight: {args.model} has no BONN layers for λ to weigh.")
+    if args.theta_init is not None and scheme != "rbnn":
+        raise ValueError(f"--theta-init: {args.model} has no RBNN layers for θ to start in.")
     teacher = args.teacher
     if (teacher is not None and not args.resume and teacher not in registry.list_models() and "://" not in teacher
             and ("/" in teacher or Path(teacher).suffix) and not Path(teacher).is_file()):
@@ -95,6 +109,7 @@ def run(args) -> int:
               teacher=args.teacher, train_images=args.train_images, test_images=args.test_images,
               val_images=args.val_images, seed=args.seed, optimizer=args.optimizer, learning_rate=args.learning_rate,
               weight_decay=args.weight_decay, schedule=args.schedule, centre_loss_epochs=args.centre_loss_epochs,
+              kernel_loss_weight=args.kernel_loss_weight, theta_init=args.theta_init,
               export=not args.no_export,
               verbose=0 if args.quiet else 1 if sys.stdout.isatty() else 2)  # a log file: a line per epoch
     except TrainingDiverged as err:

@@ -84,7 +84,8 @@ def train(model_name: str, dataset: str, *, epochs: int | None = None, batch_siz
           strategy: str = "default", teacher: str | None = None, train_images: int | None = None,
           test_images: int | None = None, val_images: int | None = None, seed: int | None = None,
           optimizer: str | None = None, learning_rate: float | None = None, weight_decay: float | None = None,
-          schedule: str | None = None, centre_loss_epochs: int | None = None, export: bool = True,
+          schedule: str | None = None, centre_loss_epochs: int | None = None,
+          kernel_loss_weight: float | None = None, theta_init: str | None = None, export: bool = True,
           builder_kwargs: dict | None = None, verbose: int = 1):
     """Trains ``model_name`` on ``dataset`` with its method's recipe; returns (model, report).
 
@@ -104,6 +105,10 @@ def train(model_name: str, dataset: str, *, epochs: int | None = None, batch_siz
         ``"adam"``; the decay is PyTorch-style, coupled; ``"cosine"`` or a recipe's own, e.g.
         CBCN's ``"step"``).
       centre_loss_epochs: CBCN's recipe: the epochs of the centre-loss fine-tune at the end.
+      kernel_loss_weight: BONN's recipe: λ, the weight of the Bayesian kernel loss (default:
+        the layers' own, the book's 1e-4).
+      theta_init: RBNN's recipe: θ's start, ``"half_pi"`` (the paper's, the default) or
+        ``"uniform"`` (U(0, π/2), a deviation for short budgets).
       seed: data order, augmentation and initialisation (default 0).
       export: with ``output``, write the weights file, manifest entry and .tflite at the end.
       builder_kwargs: architecture keywords (e.g. ``width_multiplier``) for runs without
@@ -121,7 +126,8 @@ def train(model_name: str, dataset: str, *, epochs: int | None = None, batch_siz
     requested = {"model": model_name, "dataset": info["name"], "method": method, "epochs": epochs,
                  "batch_size": batch_size, "train_images": train_images, "teacher": teacher, "seed": seed,
                  "val_images": val_images, "optimizer": optimizer, "learning_rate": learning_rate,
-                 "weight_decay": weight_decay, "schedule": schedule, "centre_loss_epochs": centre_loss_epochs}
+                 "weight_decay": weight_decay, "schedule": schedule, "centre_loss_epochs": centre_loss_epochs,
+                 "kernel_loss_weight": kernel_loss_weight, "theta_init": theta_init}
     checkpoint.check_settings(requested)  # the Python API refuses what the CLI refuses (epochs=0, ...)
     out = Path(output) if output is not None else None
     if builder_kwargs and out is not None:
@@ -234,7 +240,8 @@ def train(model_name: str, dataset: str, *, epochs: int | None = None, batch_siz
 
 #: ``train``'s keyword → the :class:`Recipe` field it overrides
 RECIPE_OVERRIDES = {"optimizer_name": "optimizer", "learning_rate": "learning_rate", "weight_decay": "weight_decay",
-                    "schedule": "schedule", "centre_loss_epochs": "centre_loss_epochs"}
+                    "schedule": "schedule", "centre_loss_epochs": "centre_loss_epochs",
+                    "kernel_loss_weight": "kernel_loss_weight", "theta_init": "theta_init"}
 #: batches of un-augmented training images the BatchNorm statistics are re-estimated on
 RECALIBRATION_BATCHES = 50
 
@@ -391,7 +398,8 @@ def command_line(settings: dict, scheme: str, test_images: int | None) -> str:
                 "--teacher": settings["teacher"], "--seed": settings["seed"] or None,
                 "--val-images": settings.get("val_images"), "--optimizer": settings.get("optimizer"),
                 "--learning-rate": settings.get("learning_rate"), "--weight-decay": settings.get("weight_decay"),
-                "--schedule": settings.get("schedule"), "--centre-loss-epochs": settings.get("centre_loss_epochs")}
+                "--schedule": settings.get("schedule"), "--centre-loss-epochs": settings.get("centre_loss_epochs"),
+                "--kernel-loss-weight": settings.get("kernel_loss_weight"), "--theta-init": settings.get("theta_init")}
     for flag, value in optional.items():
         if value is not None:
             parts += [flag, str(value)]

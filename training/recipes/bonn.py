@@ -6,8 +6,10 @@ epoch, PyTorch-style (coupled) weight decay 1e-4 on the **non-binary** parameter
 (not on the latent binary kernels, nor on BONN's modulation and prior parameters,
 which the Bayesian losses govern), batch 256; CIFAR-style models 200 epochs (the span
 of the book's CIFAR weight-distribution figure), ImageNet-style 70 epochs (the span of
-its ImageNet training curves). λ = 1e-4 and ν = 1 live in the BONN layers; θ = 1e-3
-and the centre rate 0.5 in the recipe's trainer (:class:`zoo.schemes.bonn.BONNTrainer`).
+its ImageNet training curves). λ = 1e-4 and ν = 1 live in the BONN layers (the recipe's
+``kernel_loss_weight``, ``--kernel-loss-weight``, sets another λ on them for the run: a
+deviation, docs/methods/bonn.md); θ = 1e-3 and the centre rate 0.5 in the recipe's trainer
+(:class:`zoo.schemes.bonn.BONNTrainer`).
 
 Models without BONN layers (a baseline trained with this recipe in a same-budget
 comparison) get the optimizer and schedule only: no trainer, no feature loss. Given a
@@ -19,6 +21,7 @@ teacher, any model gets the zoo's knowledge-distillation wrapper, as with every 
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import ClassVar
 
 import zoo  # noqa: F401,I001  (first: selects Keras 2)
@@ -46,14 +49,27 @@ class BONNRecipe(Recipe):
 
     feature_loss_weight: float = FEATURE_LOSS_WEIGHT
     centre_rate: float = CENTRE_RATE
+    #: λ for the model's BONN layers; None: the layers' own (the book's 1e-4)
+    kernel_loss_weight: float | None = None
 
     CIFAR_DEFAULTS: ClassVar[tuple[int, int, int]] = (200, 256, 0)
     IMAGENET_DEFAULTS: ClassVar[tuple[int, int, int]] = (70, 256, 0)
 
+    def __post_init__(self):
+        super().__post_init__()
+        if self.kernel_loss_weight is not None and not 0 <= self.kernel_loss_weight < math.inf:
+            raise ValueError(f"kernel_loss_weight must be a finite number, at least 0; got {self.kernel_loss_weight}.")
+
     def wrap(self, model: keras.Model, teacher: keras.Model | None = None) -> keras.Model:
         """:class:`BONNTrainer` for a model with BONN layers; otherwise, or given a teacher,
         what every recipe gives (the model itself / the KD distiller, in which the BONN
-        layers' kernel loss still applies but the feature loss does not)."""
+        layers' kernel loss still applies but the feature loss does not). Sets the recipe's λ,
+        if it has one, on the BONN layers."""
+        if self.kernel_loss_weight is not None:
+            if not bonn_layers(model):
+                raise ValueError(f"kernel_loss_weight: {model.name} has no BONN layers for λ to weigh.")
+            for layer in bonn_layers(model):
+                layer.kernel_loss_weight = float(self.kernel_loss_weight)
         if teacher is not None or not bonn_layers(model):
             return super().wrap(model, teacher)
         return BONNTrainer(model, feature_loss_weight=self.feature_loss_weight, centre_rate=self.centre_rate)
