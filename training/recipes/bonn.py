@@ -65,12 +65,13 @@ class BONNRecipe(Recipe):
         what every recipe gives (the model itself / the KD distiller, in which the BONN
         layers' kernel loss still applies but the feature loss does not). Sets the recipe's λ,
         if it has one, on the BONN layers."""
+        layers = bonn_layers(model)
         if self.kernel_loss_weight is not None:
-            if not bonn_layers(model):
+            if not layers:
                 raise ValueError(f"kernel_loss_weight: {model.name} has no BONN layers for λ to weigh.")
-            for layer in bonn_layers(model):
+            for layer in layers:
                 layer.kernel_loss_weight = float(self.kernel_loss_weight)
-        if teacher is not None or not bonn_layers(model):
+        if teacher is not None or not layers:
             return super().wrap(model, teacher)
         return BONNTrainer(model, feature_loss_weight=self.feature_loss_weight, centre_rate=self.centre_rate)
 
