@@ -15,7 +15,7 @@ from test_export import BINARY_MODELS, build_trained_looking, small_input
 from zoo import registry
 from zoo.cli import main
 from zoo.deploy import ConversionError, lce_interpreter, run_tflite
-from zoo.export import binary_exports, lce_flatbuffer, op_histogram, residual_batch_norms_unfused, to_inference
+from zoo.export import binary_exports, lce_flatbuffer, lce_rounding_guarded, op_histogram, to_inference
 
 
 def _parity_models() -> set[str]:
@@ -83,8 +83,8 @@ def test_the_frozen_graph_route_gives_lce_converters_own_result(fashion_mnist_da
     from larq_compute_engine import convert_keras_model
 
     inference = to_inference(build_trained_looking("bnn_resnet20"))
-    # the same graph: ours keeps the residual BNs out of the bconvs before converting
-    ours, theirs = lce_flatbuffer(inference), convert_keras_model(residual_batch_norms_unfused(inference))
+    # the same graph: ours guards the bconvs' output transforms before converting
+    ours, theirs = lce_flatbuffer(inference), convert_keras_model(lce_rounding_guarded(inference))
     assert op_histogram(ours) == op_histogram(theirs)
     images = real_images((28, 28, 1), fashion_mnist_data_dir, count=16)
     np.testing.assert_array_equal(

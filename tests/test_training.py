@@ -3,10 +3,12 @@ resume (after a SIGKILL), NaN handling, bad input, and the artifacts of a finish
 
 import dataclasses
 import json
+import logging
 import math
 import signal
 import subprocess
 import sys
+import textwrap
 import time
 from pathlib import Path
 
@@ -31,9 +33,11 @@ SHAPE = (28, 28, 1)
 
 
 def test_a_finished_run_leaves_checkpoint_logs_weights_manifest_entry_and_tflite(fashion_mnist_data_dir, tmp_path,
-                                                                                   monkeypatch, capsys):
+                                                                                   monkeypatch, capsys, caplog):
     """One two-epoch `zoo train` run (RBNN: its callbacks and state too), all its artifacts."""
-    assert zoo_main(["train", *RUN, "--data-dir", fashion_mnist_data_dir, "--output", str(tmp_path), "--quiet"]) == 0
+    with caplog.at_level(logging.INFO, logger="zoo"):
+        assert zoo_main(["train", *RUN, "--data-dir", fashion_mnist_data_dir, "--output", str(tmp_path), "--quiet"]) == 0
+    assert [record.getMessage() for record in caplog.records if record.name == "zoo"] == []  # its own files, loaded
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["command"] == "zoo train " + " ".join(RUN)
     assert report["model"] == "rbnn_resnet20" and report["recipe"]["name"] == "RBNNRecipe"
@@ -346,3 +350,17 @@ def test_a_bonn_kernel_loss_weight_is_in_the_command_and_a_resume_keeps_it():
     for stored in (settings, {key: value for key, value in settings.items() if key != "kernel_loss_weight"}):
         with pytest.raises(checkpoint.ResumeError, match="kernel_loss_weight 0.0001"):
             checkpoint.check_resumable(stored, {**settings, "kernel_loss_weight": 1e-4}, where)
+
+
+def test_a_run_leaves_the_applications_root_logging_unconfigured(fashion_mnist_data_dir, tmp_path):
+    """TF's checkpoint writer logs through absl, which calls ``logging.basicConfig()`` when the
+    root logger has no handler: zoo's lines then printed as ``INFO:zoo:...`` in run logs."""
+    run = subprocess.run([sys.executable, "-c", textwrap.dedent(f"""
+        import logging, sys
+        from training.loop import train
+        train("bnn_resnet20", "fashion_mnist", epochs=1, batch_size=32, train_images=64, test_images=32,
+              data_dir={fashion_mnist_data_dir!r}, output={str(tmp_path / "run")!r}, export=False, verbose=0)
+        print("root handlers:", logging.getLogger().handlers, file=sys.stderr)
+    """)], cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr
+    assert run.stderr.splitlines()[-1] == "root handlers: []"

@@ -31,7 +31,9 @@ import zoo  # noqa: I001  (first: selects Keras 2)
 import numpy as np
 import tf_keras as keras
 from zoo import registry
+from zoo._env import root_logging_untouched_by
 from zoo.data import dataset_info
+from zoo.export import quiet_logger
 from zoo.files import atomic_write
 from training import artifacts, checkpoint, logs
 from training.distribute import barrier, distribute_by_data, make_strategy, worker_index
@@ -79,6 +81,7 @@ for _hook in ("on_train_begin", "on_train_end", "on_epoch_begin", "on_epoch_end"
     setattr(OnStudent, _hook, lambda self, *args, _hook=_hook, **kwargs: getattr(self.callback, _hook)(*args, **kwargs))
 
 
+@root_logging_untouched_by  # TF's checkpoint writer logs through absl, which would configure root logging
 def train(model_name: str, dataset: str, *, epochs: int | None = None, batch_size: int | None = None,
           method: str | None = None, recipe: Recipe | None = None, data_dir=None, output=None, resume: bool = False,
           strategy: str = "default", teacher: str | None = None, train_images: int | None = None,
@@ -419,7 +422,8 @@ def _export(model, report, out: Path, index: int, input_shape, info, test_data) 
             return {}
 
         def load(path):
-            return zoo.load(model_name, weights=path, input_shape=tuple(input_shape), classes=info["num_classes"])
+            with quiet_logger("zoo"):  # the run's own files, not news to its user
+                return zoo.load(model_name, weights=path, input_shape=tuple(input_shape), classes=info["num_classes"])
 
         exported = artifacts.export_run(name, dataset, out, float32_file, load, test_data, input_shape=input_shape,
                                         classes=info["num_classes"], command=report["command"],

@@ -25,6 +25,7 @@ import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
+from zoo.layers import HardTanh
 from zoo.schemes.base import BinaryExport, find_export_rule, is_one_bit
 
 #: layers a non-negative per-channel scale passes through unchanged on its way to BN
@@ -133,9 +134,14 @@ def _batch_norm_affine(bn: keras.layers.BatchNormalization) -> tuple[np.ndarray,
 def _folded_bn_weights(bn: keras.layers.BatchNormalization, alpha: np.ndarray):
     """BN after a per-channel scale α ≥ 0 as one BN (docs/methods/conventions.md#inference-contract)."""
     s, b = _batch_norm_affine(bn)
-    channels = alpha.shape[0]
+    return _affine_bn_weights(bn, s * alpha, b)
+
+
+def _affine_bn_weights(bn: keras.layers.BatchNormalization, s: np.ndarray, b: np.ndarray) -> list[np.ndarray]:
+    """Weights (γ, β, mean, variance) that make ``bn`` (with centre and scale) compute ``s·x + b``."""
+    channels = s.shape[0]
     return [
-        (s * alpha).astype(np.float32),
+        s.astype(np.float32),
         b.astype(np.float32),
         np.zeros(channels, np.float32),
         np.full(channels, 1.0 - bn.epsilon, np.float32),
@@ -144,10 +150,11 @@ def _folded_bn_weights(bn: keras.layers.BatchNormalization, alpha: np.ndarray):
 
 @contextlib.contextmanager
 def quiet_logger(logger_name: str):
-    """Silences a library's warnings that do not apply to what we do with it.
+    """Keeps a logger's lines below ERROR out of a block where they do not apply.
 
     Larq warns that a binary kernel without a constraint may starve in training: the
-    exported layers are for inference only.
+    exported layers are for inference only. ``zoo train`` loads its own files to check
+    them: ``zoo.load``'s line about them is not news to its user.
     """
     logger = logging.getLogger(logger_name)
     level = logger.level
@@ -222,8 +229,8 @@ def lce_flatbuffer(
     the frozen graph instead. This is that second route, taken directly: the same MLIR
     passes and operators, several seconds less a model (the tests convert every model).
     Like LCE, it quantizes to int8 only when the graph holds fake-quant ops (or a
-    default int8 range is given). Unlike LCE, it keeps the BNs of a float graph's residual
-    stream out of the binary convs (:func:`residual_batch_norms_unfused`).
+    default int8 range is given). Unlike LCE, it guards a float graph against the rounding
+    of LCE's bconv output transform (:func:`lce_rounding_guarded`).
     """
     from larq_compute_engine.mlir._tf_tfl_flatbuffer import convert_graphdef_to_tflite_flatbuffer
     from larq_compute_engine.mlir.python import converter as lce
@@ -245,9 +252,9 @@ def lce_flatbuffer(
         lce._contains_training_quant_op(function.graph.as_graph_def()) or experimental_default_int8_range is not None
     )
     if not quantize:  # an int8 graph (QAT wrappers, range markers) is converted as it is
-        unfused = residual_batch_norms_unfused(model)
-        if unfused is not model:
-            function = lce.concrete_function_from_keras_model(unfused)
+        guarded = lce_rounding_guarded(model)
+        if guarded is not model:
+            function = lce.concrete_function_from_keras_model(guarded)
     frozen = convert_variables_to_constants_v2(function, lower_control_flow=False)
     inputs = [tensor for tensor in frozen.inputs if tensor.dtype != tf.resource]
     graph_def = frozen.graph.as_graph_def()
@@ -270,6 +277,13 @@ def lce_flatbuffer(
     return flatbuffer
 
 
+def lce_rounding_guarded(model: keras.Model) -> keras.Model:
+    """The model with both guards against LCE's output-transform rounding applied
+    (:func:`residual_batch_norms_unfused`, :func:`binarizing_thresholds_centred`): the
+    same function, which LCE computes as Keras does. Other models are returned as they are."""
+    return _rebuilt(model, {**_residual_batch_norm_replacements(model), **_threshold_replacements(model)})
+
+
 def residual_batch_norms_unfused(model: keras.Model) -> keras.Model:
     """The model with each BN that takes a binary conv's output and feeds only residual
     adds computed as a 1×1 depthwise conv (``s·x + b``), which LCE does not fuse into the conv.
@@ -278,39 +292,113 @@ def residual_batch_norms_unfused(model: keras.Model) -> keras.Model:
     which computes ``s·acc + b`` as ``(K − acc)·(−s) + (b + K·s)`` (``K = kh·kw·C_in``):
     two terms of size ``K·|s|`` that cancel, so its rounding error grows with ``K``, not
     with the result. A BN output that is binarized next takes values ``s·integer + b``,
-    rarely that close to 0; one added to the residual stream carries the error on, and
-    the stream's sums pass through 0, where signs then flip against Keras
-    (docs/methods/cbcn.md#export-and-lce-parity). Unfused, the bconv outputs its exact
-    integer sums and the float op rounds as Keras' BN does. Other models are returned as
-    they are.
+    rarely that close to 0 (:func:`binarizing_thresholds_centred` keeps them away); one
+    added to the residual stream carries the error on, and the stream's sums pass through
+    0, where signs then flip against Keras (docs/methods/cbcn.md#export-and-lce-parity).
+    Unfused, the bconv outputs its exact integer sums and the float op rounds as Keras' BN
+    does. Other models are returned as they are.
     """
-    targets = {
-        layer.name: layer for layer in model.layers
-        if isinstance(layer, keras.layers.BatchNormalization) and _follows_a_binary_conv(layer)
-        and _feeds_only_adds(model, layer)
-    }
-    if not targets:
+    return _rebuilt(model, _residual_batch_norm_replacements(model))
+
+
+def binarizing_thresholds_centred(model: keras.Model) -> keras.Model:
+    """The model with the bias of each BN whose output is only binarized moved so that its
+    sign changes half-way between two integer sums of the binary conv before it.
+
+    Such a BN after a binary conv (±1 inputs and kernel) gives ``sign(s·acc + b)`` for
+    integer sums ``acc``: a step at ``t = −b/s``, and any ``t`` between the same two
+    integers is the same function. Trained weights can leave ``t`` so close to an integer
+    (``bonn_resnet20``: 4.7e-5) that ``s·acc + b`` at that sum is smaller than the rounding
+    of LCE's output transform (at the scale ``K·|s|``), and LCE flips the sign Keras gives
+    (docs/methods/cbcn.md#export-and-lce-parity). With ``t`` moved to the half-integer on
+    the same side of every integer, every sum is at least ``|s|/2`` from the step and both
+    runtimes compute the function the weights define. A channel with ``s = 0`` is left as
+    it is. Other models are returned as they are.
+    """
+    return _rebuilt(model, _threshold_replacements(model))
+
+
+def _residual_batch_norm_replacements(model: keras.Model) -> dict[str, tuple[keras.layers.Layer, list]]:
+    replacements = {}
+    for bn in model.layers:
+        if _is_bn_after_binary_conv(bn) and _feeds_only_adds(model, bn):
+            s, b = _batch_norm_affine(bn)
+            depthwise = keras.layers.DepthwiseConv2D(1, use_bias=True, name=bn.name)
+            replacements[bn.name] = (depthwise, [s.reshape(1, 1, -1, 1).astype(np.float32), b.astype(np.float32)])
+    return replacements
+
+
+def _threshold_replacements(model: keras.Model) -> dict[str, tuple[keras.layers.Layer, list]]:
+    replacements = {}
+    for bn in model.layers:
+        if not (_is_bn_after_binary_conv(bn) and _sums_integers(bn.inbound_nodes[0].inbound_layers)
+                and _only_binarized(model, bn)):
+            continue
+        s, b = (value.astype(np.float64) for value in _batch_norm_affine(bn))
+        with np.errstate(divide="ignore", invalid="ignore"):
+            step = -b / s
+            # the sign of s·acc + b is +1 from acc ≥ t (s > 0) or up to acc ≤ t (s < 0), 0 included
+            centred = np.where(s > 0, np.ceil(step) - 0.5, np.floor(step) + 0.5)
+        bias = np.where((s != 0) & np.isfinite(centred), -s * centred, b)
+        replacement = keras.layers.BatchNormalization.from_config({**bn.get_config(), "center": True, "scale": True})
+        replacements[bn.name] = (replacement, _affine_bn_weights(bn, s, bias))
+    return replacements
+
+
+def _rebuilt(model: keras.Model, replacements: dict[str, tuple[keras.layers.Layer, list]]) -> keras.Model:
+    """The model with each named layer replaced by a new layer (of the same name) holding the
+    given weights; every other layer keeps its weights. No replacements: the model itself."""
+    if not replacements:
         return model
     config = copy.deepcopy(model.get_config())
     for entry in config["layers"]:
-        if entry["name"] in targets:
-            depthwise = keras.layers.DepthwiseConv2D(1, use_bias=True, name=entry["name"])
-            entry.update(keras.layers.serialize(depthwise), name=entry["name"])
+        if entry["name"] in replacements:
+            entry.update(keras.layers.serialize(replacements[entry["name"]][0]), name=entry["name"])
     with quiet_logger("larq"):
         rebuilt = keras.Model.from_config(config)
     for layer in rebuilt.layers:
-        if layer.name in targets:
-            s, b = _batch_norm_affine(targets[layer.name])
-            layer.set_weights([s.reshape(1, 1, -1, 1).astype(np.float32), b.astype(np.float32)])
+        if layer.name in replacements:
+            layer.set_weights(replacements[layer.name][1])
         elif layer.weights:
             layer.set_weights(model.get_layer(layer.name).get_weights())
     return rebuilt
 
 
-def _follows_a_binary_conv(bn: keras.layers.BatchNormalization) -> bool:
-    inbound = bn.inbound_nodes[0].inbound_layers if len(bn.inbound_nodes) == 1 else None
+def _sums_integers(conv: lq.layers.QuantConv2D) -> bool:
+    """Whether the conv's quantizers give ±1 (not, say, a magnitude-scaled sign)."""
+    probe = tf.constant([-2.0, -0.5, 0.0, 0.5, 2.0])
+    return all(
+        np.all(np.abs(quantizer(probe).numpy()) == 1.0) for quantizer in (conv.input_quantizer, conv.kernel_quantizer)
+    )
+
+
+def _only_binarized(model: keras.Model, layer: keras.layers.Layer) -> bool:
+    """Whether ``layer``'s output reaches only binary convs' input quantizers, through
+    layers that keep every value's sign (so only its sign matters)."""
+    consumers = _consumers(model, layer)
+    return bool(consumers) and all(
+        (isinstance(consumer, lq.layers.QuantConv2D) and is_one_bit(consumer.input_quantizer))
+        or (_keeps_signs(consumer) and _only_binarized(model, consumer))
+        for consumer in consumers
+    )
+
+
+def _keeps_signs(layer: keras.layers.Layer) -> bool:
+    """``sign(f(x)) = sign(x)`` for every x, 0 included."""
+    if isinstance(layer, HardTanh):
+        return True
+    if isinstance(layer, keras.layers.PReLU):
+        return bool(np.all(layer.get_weights()[0] > 0))
+    return False
+
+
+def _is_bn_after_binary_conv(layer: keras.layers.Layer) -> bool:
+    """A per-channel BN that takes a binary conv's output directly."""
+    if not isinstance(layer, keras.layers.BatchNormalization):
+        return False
+    inbound = layer.inbound_nodes[0].inbound_layers if len(layer.inbound_nodes) == 1 else None
     return (
-        _per_channel(bn)
+        _per_channel(layer)
         and isinstance(inbound, lq.layers.QuantConv2D)
         and is_one_bit(inbound.input_quantizer)
         and is_one_bit(inbound.kernel_quantizer)
