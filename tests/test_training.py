@@ -1,7 +1,9 @@
 """`zoo train` / `training.train`: every method's recipe on real batches, checkpoints and
 resume (after a SIGKILL), NaN handling, bad input, and the artifacts of a finished run."""
 
+import argparse
 import dataclasses
+import inspect
 import json
 import logging
 import math
@@ -25,6 +27,8 @@ from zoo.export import op_histogram, to_inference
 from zoo.schemes import rbnn
 
 from training import artifacts, checkpoint, logs, loop, publish
+from training import cli as training_cli
+from training.settings import SETTINGS
 from training.recipes import Recipe, recipe_class, recipe_for
 
 RUN = ["rbnn_resnet20", "--dataset", "fashion_mnist", "--epochs", "2", "--batch-size", "32", "--train-images", "128",
@@ -364,3 +368,20 @@ def test_a_run_leaves_the_applications_root_logging_unconfigured(fashion_mnist_d
     """)], cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr
     assert run.stderr.splitlines()[-1] == "root handlers: []"
+
+
+def test_the_settings_table_is_what_zoo_train_and_train_take():
+    parser = argparse.ArgumentParser()
+    training_cli.add_arguments(parser)
+    options = {option for action in parser._actions for option in action.option_strings}
+    not_settings = {"-h", "--help", "--dataset", "--data-dir", "--output", "--resume", "--strategy", "--no-export",
+                    "--quiet"}
+    assert {setting.flag for setting in SETTINGS} == options - not_settings
+    assert {setting.key for setting in SETTINGS} <= set(inspect.signature(loop.train).parameters)
+    fields = {method: {field.name for field in dataclasses.fields(recipe_class(method))}
+              for method in ("bnn", "cbcn", "bonn", "rbnn")}
+    for setting in SETTINGS:
+        if setting.method is not None:  # only its method's recipe has the field
+            assert setting.recipe_field in fields[setting.method] and setting.recipe_field not in fields["bnn"]
+        elif setting.recipe_field is not None:
+            assert setting.recipe_field in fields["bnn"]

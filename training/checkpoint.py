@@ -29,6 +29,8 @@ import tf_keras as keras
 from zoo import registry
 from zoo.files import atomic_directory
 
+from training.settings import BY_KEY, value_problem
+
 CHECKPOINTS = "checkpoints"
 STATE_FILE = "state.json"
 _PREFIX = "ckpt"
@@ -95,24 +97,15 @@ def _check_state(state) -> None:
 
 def check_settings(settings: dict, name=str) -> None:
     """Refuses run settings no run can have (None: not given, the recipe's default), naming
-    each as ``name(key)`` (a flag, or a field of ``state.json``): epochs, batch size and
-    image counts that are not positive integers, a negative seed or centre-loss epochs, a learning rate that is
-    not positive, a negative weight decay or kernel-loss weight, a method that is not a registered scheme,
-    fewer training images than one batch. Raises ValueError."""
-    for key in ("epochs", "batch_size", "train_images", "test_images", "val_images", "seed", "centre_loss_epochs"):
-        value, least = settings.get(key), 0 if key in ("seed", "centre_loss_epochs") else 1
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < least):
-            kind = "a non-negative" if least == 0 else "a positive"
-            raise ValueError(f"{name(key)} must be {kind} integer, got {value!r}.")
-    for key in ("learning_rate", "weight_decay", "kernel_loss_weight"):
-        value, positive = settings.get(key), key == "learning_rate"
-        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
-                                  or not math.isfinite(value) or value < 0 or (positive and value == 0)):
-            raise ValueError(f"{name(key)} must be a {'positive' if positive else 'non-negative'} number, "
-                             f"got {value!r}.")
-    for key in ("model", "dataset", "method", "teacher", "optimizer", "theta_init"):
-        if settings.get(key) is not None and not isinstance(settings[key], str):
-            raise ValueError(f"{name(key)} must be a name, got {settings[key]!r}.")
+    each as ``name(key)`` (a flag, or a field of ``state.json``): each setting's value of the
+    wrong kind (:data:`training.settings.SETTINGS`: epochs that are not a positive integer, a
+    negative seed, a learning rate that is not positive, ...), a method that is not a
+    registered scheme, fewer training images than one batch. Raises ValueError."""
+    for key, value in settings.items():
+        kind = BY_KEY[key].kind if key in BY_KEY else "name" if key in ("model", "dataset") else None
+        problem = value_problem(kind, value) if kind is not None else None
+        if problem is not None:
+            raise ValueError(f"{name(key)} {problem}.")
     if settings.get("method") is not None:
         try:
             registry.get_scheme(settings["method"])

@@ -15,11 +15,10 @@ from zoo import registry
 from training.checkpoint import check_settings
 from training.recipes import recipe_for
 from training.recipes.rbnn import THETA_INITS
+from training.settings import SETTINGS, flag, method_overrides
 
 #: exit status when training diverged (2 is argparse's and the zoo's for bad input)
 DIVERGED = 3
-#: settings that are fields of one method's recipe (any other recipe refuses them)
-METHOD_FIELDS = ("centre_loss_epochs", "kernel_loss_weight", "theta_init")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -61,27 +60,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress bars or summary")
 
 
-def _flag(setting: str) -> str:
-    return "--recipe" if setting == "method" else "--" + setting.replace("_", "-")
-
-
 def check_flags(args) -> None:
     """Refuses flags the run cannot honour before anything is built or written (ValueError
     naming the flag): no silent substitute for a bad value, no empty run directory."""
-    given = {"epochs": args.epochs, "batch_size": args.batch_size, "train_images": args.train_images,
-             "test_images": args.test_images, "val_images": args.val_images, "seed": args.seed, "method": args.recipe,
-             "learning_rate": args.learning_rate, "weight_decay": args.weight_decay,
-             "centre_loss_epochs": args.centre_loss_epochs, "kernel_loss_weight": args.kernel_loss_weight,
-             "theta_init": args.theta_init}
-    check_settings(given, _flag)
-    overrides = {field: given[field] for field in METHOD_FIELDS if given[field] is not None}
+    given = {setting.key: getattr(args, setting.flag[2:].replace("-", "_")) for setting in SETTINGS}
+    check_settings(given, flag)
+    overrides = method_overrides(given)
     if not args.resume and (overrides or (args.train_images is not None and args.batch_size is None)):
         try:  # the recipe's batch, and its own fields
             batch_size = recipe_for(args.model, args.epochs, args.batch_size, method=args.recipe,
                                     **overrides).batch_size
         except ValueError as err:
-            raise ValueError(f"{' '.join(map(_flag, overrides))}: {err}" if overrides else str(err)) from None
-        check_settings({**given, "batch_size": batch_size}, _flag)
+            flags = " ".join(s.flag for s in SETTINGS if s.recipe_field in overrides and s.method is not None)
+            raise ValueError(f"{flags}: {err}" if overrides else str(err)) from None
+        check_settings({**given, "batch_size": batch_size}, flag)
     scheme = registry.get_model_spec(args.model).scheme.name
     if args.kernel_loss_weight is not None and scheme != "bonn":
         raise ValueError(f"--kernel-loss-weight: {args.model} has no BONN layers for λ to weigh.")

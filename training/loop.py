@@ -38,6 +38,7 @@ from zoo.files import atomic_write
 from training import artifacts, checkpoint, logs
 from training.distribute import barrier, distribute_by_data, make_strategy, worker_index
 from training.recipes import Recipe, recipe_for
+from training.settings import SETTINGS, recipe_overrides
 from training.teacher import frozen, pretrained_tag, teacher_and_weights, teacher_name
 
 EVAL_BATCH_SIZE = 256
@@ -143,10 +144,8 @@ def train(model_name: str, dataset: str, *, epochs: int | None = None, batch_siz
     else:
         settings = {**requested, "method": method or spec.scheme.name, "seed": seed or 0}
     if recipe is None:
-        overrides = {field: settings.get(key) for field, key in RECIPE_OVERRIDES.items()
-                     if settings.get(key) is not None}
         recipe = recipe_for(model_name, settings["epochs"], settings["batch_size"], method=settings["method"],
-                            **overrides)
+                            **recipe_overrides(settings))
     settings.update(epochs=recipe.epochs, batch_size=recipe.batch_size)
     index = worker_index(distribution)
     say = print if verbose and index == 0 else (lambda *_: None)
@@ -241,10 +240,6 @@ def train(model_name: str, dataset: str, *, epochs: int | None = None, batch_siz
     return model, report
 
 
-#: ``train``'s keyword → the :class:`Recipe` field it overrides
-RECIPE_OVERRIDES = {"optimizer_name": "optimizer", "learning_rate": "learning_rate", "weight_decay": "weight_decay",
-                    "schedule": "schedule", "centre_loss_epochs": "centre_loss_epochs",
-                    "kernel_loss_weight": "kernel_loss_weight", "theta_init": "theta_init"}
 #: batches of un-augmented training images the BatchNorm statistics are re-estimated on
 RECALIBRATION_BATCHES = 50
 
@@ -394,18 +389,12 @@ def _diverged_message(where, recipe: Recipe, saver) -> str:
 
 def command_line(settings: dict, scheme: str, test_images: int | None) -> str:
     """The ``zoo train`` command that reproduces a run."""
-    parts = ["zoo", "train", settings["model"], "--dataset", settings["dataset"],
-             "--epochs", str(settings["epochs"]), "--batch-size", str(settings["batch_size"])]
-    optional = {"--recipe": None if settings["method"] == scheme else settings["method"],
-                "--train-images": settings["train_images"], "--test-images": test_images,
-                "--teacher": settings["teacher"], "--seed": settings["seed"] or None,
-                "--val-images": settings.get("val_images"), "--optimizer": settings.get("optimizer"),
-                "--learning-rate": settings.get("learning_rate"), "--weight-decay": settings.get("weight_decay"),
-                "--schedule": settings.get("schedule"), "--centre-loss-epochs": settings.get("centre_loss_epochs"),
-                "--kernel-loss-weight": settings.get("kernel_loss_weight"), "--theta-init": settings.get("theta_init")}
-    for flag, value in optional.items():
-        if value is not None:
-            parts += [flag, str(value)]
+    parts = ["zoo", "train", settings["model"], "--dataset", settings["dataset"]]
+    shown = {**settings, "test_images": test_images, "seed": settings["seed"] or None,
+             "method": None if settings["method"] == scheme else settings["method"]}
+    for setting in SETTINGS:
+        if shown.get(setting.key) is not None:
+            parts += [setting.flag, str(shown[setting.key])]
     return shlex.join(parts)
 
 
