@@ -8,7 +8,9 @@ finished). The table gives the budget each run had (epochs x training images, ba
 recipe, optimizer), the held-out accuracy per epoch where the run held images out, the
 test accuracy per epoch, the final test accuracy before and after the BatchNorm
 re-estimation, and the run's command. Runs with different budgets are refused unless
-``--mixed-budgets`` is given: a comparison of methods is made at equal budgets.
+``--mixed-budgets`` is given: a comparison of methods is made at equal budgets. Where a
+model has runs of several seeds, a second table gives each seed's final test accuracy,
+their mean and their spread.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ def read_run(directory: Path) -> dict:
     recipe = report["recipe"]
     return {
         "model": report["model"],
+        "seed": report["budget"].get("seed", 0),
         "budget": {"epochs": report["epochs_done"], "train_images": report["train_images_per_epoch"],
                    "batch_size": recipe["batch_size"]},
         "recipe": recipe,
@@ -73,11 +76,15 @@ def main(argv=None):
     parser.add_argument("--mixed-budgets", action="store_true", help="allow runs with different budgets")
     parser.add_argument("--name", required=True, help="results file name")
     args = parse_arguments(parser, argv)
-    runs = {}
-    for directory in args.runs:
-        run = read_run(directory)
-        label = run["model"] if run["model"] not in runs else f"{run['model']} ({directory.name})"
-        runs[label] = run
+    read = [read_run(directory) for directory in args.runs]
+    seeds = {}
+    for run in read:
+        seeds.setdefault(run["model"], []).append(run["seed"])
+    for model, model_seeds in seeds.items():
+        if len(set(model_seeds)) != len(model_seeds):
+            parser.exit(2, f"training_curves.py: error: two runs of {model} with the same seed.\n")
+    runs = {run["model"] if len(seeds[run["model"]]) == 1 else f"{run['model']} (seed {run['seed']})": run
+            for run in read}
     budgets = {json.dumps(run["budget"], sort_keys=True) for run in runs.values()}
     if len(budgets) > 1 and not args.mixed_budgets:
         parser.exit(2, f"training_curves.py: error: the runs have different budgets ({'; '.join(sorted(budgets))}); "
@@ -99,9 +106,33 @@ def main(argv=None):
               "Commands:\n\n"
               + "\n".join(f"- `{run['command']}`" for run in runs.values())
               + f"\n\n![test accuracy per epoch]({args.name}.png)")
+    spread = seed_spread(read)
+    if spread:
+        table += "\n\n" + markdown_table(
+            [[model, ", ".join(map(str, row["seeds"])), " / ".join(f"{100 * a:.2f}" for a in row["test_top1"]),
+              f"{100 * row['mean']:.2f} %", f"{100 * row['range']:.2f}"] for model, row in spread.items()],
+            ["model", "seeds", "test top-1 per seed (%)", "mean", "range (points)"])
+        table += ("\n\nTest top-1 after the BN re-estimation (the run's weights file), or the last epoch's "
+                  "where a run has none.")
     RESULTS.mkdir(exist_ok=True)
     plot(runs, RESULTS / f"{args.name}.png", "Fashion-MNIST, test top-1 per epoch")
-    write_results(args.name, {"runs": runs}, table)
+    write_results(args.name, {"runs": runs, "seeds": spread}, table)
+
+
+def seed_spread(runs: list[dict]) -> dict:
+    """Per model run with more than one seed: the seeds, each one's final test top-1, mean and range."""
+    by_model = {}
+    for run in runs:
+        final = run["test_top1_after_bn_recalibration"]
+        by_model.setdefault(run["model"], []).append((run["seed"], run["final_test_accuracy"] if final is None else final))
+    spread = {}
+    for model, results in by_model.items():
+        if len(results) > 1:
+            results.sort()
+            accuracies = [accuracy for _, accuracy in results]
+            spread[model] = {"seeds": [seed for seed, _ in results], "test_top1": accuracies,
+                             "mean": sum(accuracies) / len(accuracies), "range": max(accuracies) - min(accuracies)}
+    return spread
 
 
 if __name__ == "__main__":

@@ -247,6 +247,36 @@ def test_bonn_modulation_rows_set_lambda_or_are_refused_by_name(monkeypatch):
             parse_row(bad)
 
 
+def test_training_curves_give_each_models_seeds_their_mean_and_spread(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    import common
+    import training_curves
+
+    monkeypatch.setattr(common, "RESULTS", tmp_path / "results")
+    monkeypatch.setattr(training_curves, "RESULTS", tmp_path / "results")
+
+    def run(model, seed, final):
+        directory = tmp_path / f"{model}-s{seed}"
+        directory.mkdir()
+        report = {"model": model, "validation": "held-out training images", "epochs_done": 2,
+                  "train_images_per_epoch": 100, "recipe": {"name": "Recipe", "batch_size": 10, "learning_rate": 0.1},
+                  "history": [{"val_accuracy": 0.5, "test_accuracy": 0.4}, {"val_accuracy": 0.6, "test_accuracy": 0.5}],
+                  "test_top1": final, "command": f"zoo train {model} --seed {seed}", "budget": {"seed": seed}}
+        (directory / "report.json").write_text(json.dumps(report))
+        return str(directory)
+
+    runs = [run("bnn_resnet20", 0, 0.90), run("bnn_resnet20", 1, 0.88), run("bonn_resnet20", 0, 0.85)]
+    training_curves.main([*runs, "--name", "curves"])
+    results = json.loads((tmp_path / "results" / "curves.json").read_text())
+    assert set(results["runs"]) == {"bnn_resnet20 (seed 0)", "bnn_resnet20 (seed 1)", "bonn_resnet20"}
+    assert results["seeds"] == {"bnn_resnet20": {"seeds": [0, 1], "test_top1": [0.90, 0.88],
+                                                 "mean": pytest.approx(0.89), "range": pytest.approx(0.02)}}
+    assert "| bnn_resnet20 | 0, 1 | 90.00 / 88.00 | 89.00 % | 2.00 |" in (tmp_path / "results" / "curves.md").read_text()
+    with pytest.raises(SystemExit) as refused:
+        training_curves.main([runs[0], runs[0], "--name", "again", "--overwrite"])
+    assert refused.value.code == 2
+
+
 @pytest.mark.parametrize("steps", [1, 2, 25])
 def test_the_epoch_probe_records_every_epoch_however_few_its_steps(steps, monkeypatch):
     monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
