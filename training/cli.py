@@ -15,7 +15,7 @@ from zoo import registry
 from training.checkpoint import check_settings
 from training.recipes import recipe_for
 from training.recipes.rbnn import THETA_INITS
-from training.settings import SETTINGS, flag, method_overrides
+from training.settings import SETTINGS, flag
 
 #: exit status when training diverged (2 is argparse's and the zoo's for bad input)
 DIVERGED = 3
@@ -65,14 +65,14 @@ def check_flags(args) -> None:
     naming the flag): no silent substitute for a bad value, no empty run directory."""
     given = {setting.key: getattr(args, setting.flag[2:].replace("-", "_")) for setting in SETTINGS}
     check_settings(given, flag)
-    overrides = method_overrides(given)
-    if not args.resume and (overrides or (args.train_images is not None and args.batch_size is None)):
+    method_settings = [s for s in SETTINGS if s.method is not None and given[s.key] is not None]
+    if not args.resume and (method_settings or (args.train_images is not None and args.batch_size is None)):
         try:  # the recipe's batch, and its own fields
             batch_size = recipe_for(args.model, args.epochs, args.batch_size, method=args.recipe,
-                                    **overrides).batch_size
+                                    **{s.recipe_field: given[s.key] for s in method_settings}).batch_size
         except ValueError as err:
-            flags = " ".join(s.flag for s in SETTINGS if s.recipe_field in overrides and s.method is not None)
-            raise ValueError(f"{flags}: {err}" if overrides else str(err)) from None
+            flags = " ".join(s.flag for s in method_settings)
+            raise ValueError(f"{flags}: {err}" if method_settings else str(err)) from None
         check_settings({**given, "batch_size": batch_size}, flag)
     scheme = registry.get_model_spec(args.model).scheme.name
     if args.kernel_loss_weight is not None and scheme != "bonn":

@@ -55,12 +55,6 @@ def recipe_overrides(settings: dict) -> dict:
             if s.recipe_field is not None and settings.get(s.key) is not None}
 
 
-def method_overrides(settings: dict) -> dict:
-    """The given settings that only one method's recipe has, as recipe fields."""
-    return {s.recipe_field: settings[s.key] for s in SETTINGS
-            if s.method is not None and settings.get(s.key) is not None}
-
-
 def value_problem(kind: str, value) -> str | None:
     """What is wrong with ``value`` for a setting of ``kind`` (None: nothing; None is fine)."""
     if value is None:
