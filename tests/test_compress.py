@@ -268,7 +268,10 @@ def accuracy(predictions, labels):
 @pytest.mark.slow
 def test_qat_calibrates_fine_tunes_and_converts_with_int8_float_parts(fashion_mnist_data_dir, tmp_path):
     train = fashion(fashion_mnist_data_dir, images=256)
-    model = build("bnn_resnet20")
+    # the shipped weights: a trained net's outputs are confident, so a rounding difference in the
+    # int8 stem that flips one sign in the binary body rarely moves an argmax (a barely trained
+    # net's near-uniform outputs made top-1 agreement depend on the worker's earlier tests)
+    model = zoo.load("bnn_resnet20")
     fit(model, train, eager=True)
     qat = compress.quantize(model, train, batches=8)  # ranges calibrated on all 256 images
     kinds = [type(layer).__name__ for layer in qat.layers]
@@ -293,9 +296,7 @@ def test_qat_calibrates_fine_tunes_and_converts_with_int8_float_parts(fashion_mn
     types = input_types(flatbuffer)
     assert types["CONV_2D"] == {"INT8"} and types["FULLY_CONNECTED"] == {"INT8"}  # stem and head
     assert types["LceQuantize"] == {"FLOAT32"}  # the binary body stays float (scope "float_layers")
-    # a barely trained net: near-uniform outputs, so a rounding difference in the int8 stem
-    # that flips one sign in the binary body moves some argmaxes; the accuracy is what holds
-    assert report.parity.top1_agreement >= 0.75
+    assert report.parity.top1_agreement >= 0.95
     lce = run_tflite(Interpreter(flatbuffer, num_threads=1), x)
     assert accuracy(lce, y) == pytest.approx(accuracy(outputs(qat, x), y), abs=0.05)
 
