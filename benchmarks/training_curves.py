@@ -10,7 +10,8 @@ test accuracy per epoch, the final test accuracy before and after the BatchNorm
 re-estimation, and the run's command. Runs with different budgets are refused unless
 ``--mixed-budgets`` is given: a comparison of methods is made at equal budgets. Where a
 model has runs of several seeds, a second table gives each seed's final test accuracy,
-their mean and their spread.
+their mean and their spread. Runs of one model with different recipes (a recipe choice)
+are labelled by the recipe fields that differ.
 """
 
 from __future__ import annotations
@@ -77,13 +78,14 @@ def main(argv=None):
     parser.add_argument("--name", required=True, help="results file name")
     args = parse_arguments(parser, argv)
     read = [read_run(directory) for directory in args.runs]
+    name_variants(read)
     seeds = {}
     for run in read:
-        seeds.setdefault(run["model"], []).append(run["seed"])
-    for model, model_seeds in seeds.items():
-        if len(set(model_seeds)) != len(model_seeds):
-            parser.exit(2, f"training_curves.py: error: two runs of {model} with the same seed.\n")
-    runs = {run["model"] if len(seeds[run["model"]]) == 1 else f"{run['model']} (seed {run['seed']})": run
+        seeds.setdefault(run["group"], []).append(run["seed"])
+    for group, group_seeds in seeds.items():
+        if len(set(group_seeds)) != len(group_seeds):
+            parser.exit(2, f"training_curves.py: error: two runs of {group} with the same seed.\n")
+    runs = {run["group"] if len(seeds[run["group"]]) == 1 else f"{run['group']} (seed {run['seed']})": run
             for run in read}
     budgets = {json.dumps(run["budget"], sort_keys=True) for run in runs.values()}
     if len(budgets) > 1 and not args.mixed_budgets:
@@ -119,12 +121,27 @@ def main(argv=None):
     write_results(args.name, {"runs": runs, "seeds": spread}, table)
 
 
+def name_variants(runs: list[dict]) -> None:
+    """Gives each run its ``group``: the model, and where the model's runs differ in recipe (a
+    recipe choice), the recipe fields that differ, e.g. ``fp_resnet20 (weight_decay 0.0005)``.
+    Runs of one group differ only in their seed."""
+    recipes = {}
+    for run in runs:
+        recipes.setdefault(run["model"], []).append(run["recipe"])
+    for run in runs:
+        model_recipes = recipes[run["model"]]
+        recipe = run["recipe"]
+        differing = [f"{field} {recipe[field]}" for field in recipe
+                     if len({json.dumps(other.get(field)) for other in model_recipes}) > 1]
+        run["group"] = run["model"] + (f" ({', '.join(differing)})" if differing else "")
+
+
 def seed_spread(runs: list[dict]) -> dict:
-    """Per model run with more than one seed: the seeds, each one's final test top-1, mean and range."""
+    """Per group of runs with more than one seed: the seeds, each one's final test top-1, mean and range."""
     by_model = {}
     for run in runs:
         final = run["test_top1_after_bn_recalibration"]
-        by_model.setdefault(run["model"], []).append((run["seed"], run["final_test_accuracy"] if final is None else final))
+        by_model.setdefault(run["group"], []).append((run["seed"], run["final_test_accuracy"] if final is None else final))
     spread = {}
     for model, results in by_model.items():
         if len(results) > 1:

@@ -255,11 +255,12 @@ def test_training_curves_give_each_models_seeds_their_mean_and_spread(tmp_path, 
     monkeypatch.setattr(common, "RESULTS", tmp_path / "results")
     monkeypatch.setattr(training_curves, "RESULTS", tmp_path / "results")
 
-    def run(model, seed, final):
-        directory = tmp_path / f"{model}-s{seed}"
+    def run(model, seed, final, weight_decay=1e-4):
+        directory = tmp_path / f"{model}-s{seed}-wd{weight_decay}"
         directory.mkdir()
         report = {"model": model, "validation": "held-out training images", "epochs_done": 2,
-                  "train_images_per_epoch": 100, "recipe": {"name": "Recipe", "batch_size": 10, "learning_rate": 0.1},
+                  "train_images_per_epoch": 100,
+                  "recipe": {"name": "Recipe", "batch_size": 10, "learning_rate": 0.1, "weight_decay": weight_decay},
                   "history": [{"val_accuracy": 0.5, "test_accuracy": 0.4}, {"val_accuracy": 0.6, "test_accuracy": 0.5}],
                   "test_top1": final, "command": f"zoo train {model} --seed {seed}", "budget": {"seed": seed}}
         (directory / "report.json").write_text(json.dumps(report))
@@ -275,6 +276,13 @@ def test_training_curves_give_each_models_seeds_their_mean_and_spread(tmp_path, 
     with pytest.raises(SystemExit) as refused:
         training_curves.main([runs[0], runs[0], "--name", "again", "--overwrite"])
     assert refused.value.code == 2
+
+    # a recipe choice: one model and seed, two weight decays, each labelled by what differs
+    training_curves.main([runs[0], run("bnn_resnet20", 0, 0.91, weight_decay=5e-4), runs[1], "--name", "choice"])
+    results = json.loads((tmp_path / "results" / "choice.json").read_text())
+    assert set(results["runs"]) == {"bnn_resnet20 (weight_decay 0.0001) (seed 0)",
+                                    "bnn_resnet20 (weight_decay 0.0001) (seed 1)", "bnn_resnet20 (weight_decay 0.0005)"}
+    assert list(results["seeds"]) == ["bnn_resnet20 (weight_decay 0.0001)"]
 
 
 @pytest.mark.parametrize("steps", [1, 2, 25])

@@ -15,7 +15,7 @@ from zoo import registry
 from training.checkpoint import check_settings
 from training.recipes import recipe_for
 from training.recipes.rbnn import THETA_INITS
-from training.settings import SETTINGS, flag
+from training.settings import SETTINGS, flag, lacking_layers
 
 #: exit status when training diverged (2 is argparse's and the zoo's for bad input)
 DIVERGED = 3
@@ -75,10 +75,9 @@ def check_flags(args) -> None:
             raise ValueError(f"{flags}: {err}" if method_settings else str(err)) from None
         check_settings({**given, "batch_size": batch_size}, flag)
     scheme = registry.get_model_spec(args.model).scheme.name
-    if args.kernel_loss_weight is not None and scheme != "bonn":
-        raise ValueError(f"--kernel-loss-weight: {args.model} has no BONN layers for λ to weigh.")
-    if args.theta_init is not None and scheme != "rbnn":
-        raise ValueError(f"--theta-init: {args.model} has no RBNN layers for θ to start in.")
+    for setting in SETTINGS:
+        if setting.acts_on is not None and given[setting.key] is not None and scheme != setting.method:
+            raise ValueError(f"{setting.flag}: {lacking_layers(setting.key, args.model)}")
     teacher = args.teacher
     if (teacher is not None and not args.resume and teacher not in registry.list_models() and "://" not in teacher
             and ("/" in teacher or Path(teacher).suffix) and not Path(teacher).is_file()):

@@ -17,6 +17,7 @@ class Setting(NamedTuple):
     recorded: bool = True  #: kept with the run's checkpoints and checked on ``--resume``
     recipe_field: str | None = None  #: the :class:`training.recipes.Recipe` field it overrides
     method: str | None = None  #: the one scheme whose recipe has the field (others refuse it)
+    acts_on: str | None = None  #: the method's layers it needs in the model, and what for
 
 
 #: what each kind of setting accepts (None, not given, always: the recipe's default)
@@ -39,14 +40,20 @@ SETTINGS = (
     Setting("centre_loss_epochs", "--centre-loss-epochs", "non-negative count", recipe_field="centre_loss_epochs",
             method="cbcn"),
     Setting("kernel_loss_weight", "--kernel-loss-weight", "non-negative number", recipe_field="kernel_loss_weight",
-            method="bonn"),
-    Setting("theta_init", "--theta-init", "name", recipe_field="theta_init", method="rbnn"),
+            method="bonn", acts_on="BONN layers for λ to weigh"),
+    Setting("theta_init", "--theta-init", "name", recipe_field="theta_init", method="rbnn",
+            acts_on="RBNN layers for θ to start in"),
 )
 BY_KEY = {setting.key: setting for setting in SETTINGS}
 
 
 def flag(key: str) -> str:
     return BY_KEY[key].flag
+
+
+def lacking_layers(key: str, model_name: str) -> str:
+    """Why a model without the method's layers refuses the setting ``key`` (its ``acts_on``)."""
+    return f"{model_name} has no {BY_KEY[key].acts_on}."
 
 
 def recipe_overrides(settings: dict) -> dict:

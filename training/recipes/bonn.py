@@ -30,6 +30,7 @@ from zoo.export import binary_exports
 from zoo.schemes.bonn import CENTRE_RATE, FEATURE_LOSS_WEIGHT, BONNTrainer, bonn_layers
 
 from training.recipes.base import Recipe
+from training.settings import lacking_layers
 
 
 def decay_free_variables(model: keras.Model) -> list:
@@ -68,7 +69,7 @@ class BONNRecipe(Recipe):
         layers = bonn_layers(model)
         if self.kernel_loss_weight is not None:
             if not layers:
-                raise ValueError(f"kernel_loss_weight: {model.name} has no BONN layers for λ to weigh.")
+                raise ValueError(f"kernel_loss_weight: {lacking_layers('kernel_loss_weight', model.name)}")
             for layer in layers:
                 layer.kernel_loss_weight = float(self.kernel_loss_weight)
         if teacher is not None or not layers:

@@ -29,6 +29,7 @@ import tf_keras as keras
 from zoo.schemes.rbnn import rbnn_layers
 
 from training.recipes.base import Recipe
+from training.settings import lacking_layers
 
 #: θ's starts: the paper's (the layers' own) and the pre-release code's
 THETA_INITS = ("half_pi", "uniform")
@@ -56,7 +57,7 @@ class RBNNRecipe(Recipe):
         if self.theta_init is not None:
             layers = rbnn_layers(model)
             if not layers:
-                raise ValueError(f"theta_init: {model.name} has no RBNN layers for θ to start in.")
+                raise ValueError(f"theta_init: {lacking_layers('theta_init', model.name)}")
             for layer in layers:
                 start = tf.random.uniform(layer.theta.shape, 0.0, math.pi / 2) if self.theta_init == "uniform" else (
                     tf.fill(layer.theta.shape, math.pi / 2))
