@@ -4,10 +4,11 @@ on one plot (PNG) and a table (JSON + markdown), read from the runs' own records
     python benchmarks/training_curves.py runs/fp_resnet20 runs/bnn_resnet20 --name same_budget_fashion_mnist
 
 Each RUN is a `zoo train` output directory (its `report.json`, written when the run
-finished). The table gives the budget each run had (epochs x training images, batch,
-recipe, optimizer), the held-out accuracy per epoch where the run held images out, the
-test accuracy per epoch, the final test accuracy before and after the BatchNorm
-re-estimation, and the run's command. Runs with different budgets are refused unless
+finished); `--recorded results/NAME.json` adds the runs an earlier table recorded, so a
+second seed joins a table whose first runs' directories are gone. The table gives the
+budget each run had (epochs x training images, batch, recipe, optimizer), the held-out
+accuracy per epoch where the run held images out, the test accuracy per epoch, the final
+test accuracy before and after the BatchNorm re-estimation, and the run's command. Runs with different budgets are refused unless
 ``--mixed-budgets`` is given: a comparison of methods is made at equal budgets. Where a
 model has runs of several seeds, a second table gives each seed's final test accuracy,
 their mean and their spread. Runs of one model with different recipes (a recipe choice)
@@ -51,6 +52,27 @@ def read_run(directory: Path) -> dict:
     }
 
 
+#: what a run carries, as read_run gives it and a results file records it
+RUN_FIELDS = ("model", "seed", "budget", "recipe", "held_out_accuracy", "test_accuracy", "final_test_accuracy",
+              "test_top1_after_bn_recalibration", "command")
+
+
+def recorded_runs(path: Path) -> list[dict]:
+    """The runs an earlier results file of this script records (its ``runs``), for runs whose
+    directories are gone."""
+    try:
+        runs = json.loads(path.read_text())["runs"]
+        if not isinstance(runs, dict) or not runs:
+            raise ValueError("no runs")
+        for label, run in runs.items():
+            missing = [field for field in RUN_FIELDS if field not in run]
+            if missing:
+                raise ValueError(f"run {label!r} has no {', '.join(missing)}")
+    except (OSError, KeyError, TypeError, ValueError) as err:  # JSONDecodeError is a ValueError
+        raise SystemExit(f"training_curves.py: error: --recorded {path}: not a results file of this script ({err}).")
+    return [{field: run[field] for field in RUN_FIELDS} for run in runs.values()]
+
+
 def plot(runs: dict, path: Path, title: str) -> None:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -73,11 +95,16 @@ def plot(runs: dict, path: Path, title: str) -> None:
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("runs", nargs="+", type=Path, help="zoo train output directories")
+    parser.add_argument("runs", nargs="*", type=Path, help="zoo train output directories")
+    parser.add_argument("--recorded", action="append", type=Path, default=[], metavar="RESULTS_JSON",
+                        help="also the runs an earlier results file of this script records (for runs whose "
+                             "directories are gone)")
     parser.add_argument("--mixed-budgets", action="store_true", help="allow runs with different budgets")
     parser.add_argument("--name", required=True, help="results file name")
     args = parse_arguments(parser, argv)
-    read = [read_run(directory) for directory in args.runs]
+    read = [run for path in args.recorded for run in recorded_runs(path)] + [read_run(d) for d in args.runs]
+    if not read:
+        parser.error("give at least one run directory or --recorded file")
     name_variants(read)
     seeds = {}
     for run in read:

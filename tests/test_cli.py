@@ -284,6 +284,18 @@ def test_training_curves_give_each_models_seeds_their_mean_and_spread(tmp_path, 
                                     "bnn_resnet20 (weight_decay 0.0001) (seed 1)", "bnn_resnet20 (weight_decay 0.0005)"}
     assert list(results["seeds"]) == ["bnn_resnet20 (weight_decay 0.0001)"]
 
+    # a second seed joins the runs an earlier table recorded, whose directories are gone
+    training_curves.main(["--recorded", str(tmp_path / "results" / "curves.json"),
+                          run("bonn_resnet20", 1, 0.83), "--name", "joined"])
+    joined = json.loads((tmp_path / "results" / "joined.json").read_text())
+    assert set(joined["runs"]) == {"bnn_resnet20 (seed 0)", "bnn_resnet20 (seed 1)", "bonn_resnet20 (seed 0)",
+                                   "bonn_resnet20 (seed 1)"}
+    assert joined["seeds"]["bonn_resnet20"]["test_top1"] == [0.85, 0.83]
+    for bad in ("{", '{"runs": {}}', '{"runs": {"x": {"model": "bnn_resnet20"}}}'):
+        (tmp_path / "bad.json").write_text(bad)
+        with pytest.raises(SystemExit, match=r"--recorded .*bad.json: not a results file of this script"):
+            training_curves.main(["--recorded", str(tmp_path / "bad.json"), "--name", "bad"])
+
 
 @pytest.mark.parametrize("steps", [1, 2, 25])
 def test_the_epoch_probe_records_every_epoch_however_few_its_steps(steps, monkeypatch):
