@@ -70,6 +70,12 @@ def test_full_budget_entries_share_one_budget():
     assert set(OWN_BUDGET) <= set(SHIPPED)
 
 
+def test_every_entry_held_images_out_to_choose_its_recipe():
+    """The test split only measures: each shipped run held training images out (``--val-images``)."""
+    for entry in registry.manifest_entries():
+        assert entry.training["held_out_images"] > 0 and "--val-images" in budget_flags(entry.command), entry.name
+
+
 @pytest.mark.parametrize("name", sorted(OWN_BUDGET))
 def test_an_entry_at_its_own_budget_is_ranked_beside_bnn_at_that_budget(name):
     """Its results file holds the shipped run itself and bnn_resnet20 runs of the same budget
