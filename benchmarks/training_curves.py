@@ -8,11 +8,11 @@ finished); `--recorded results/NAME.json` adds the runs an earlier table recorde
 second seed joins a table whose first runs' directories are gone. The table gives the
 budget each run had (epochs x training images, batch, recipe, optimizer), the held-out
 accuracy per epoch where the run held images out, the test accuracy per epoch, the final
-test accuracy before and after the BatchNorm re-estimation, and the run's command. Runs with different budgets are refused unless
-``--mixed-budgets`` is given: a comparison of methods is made at equal budgets. Where a
-model has runs of several seeds, a second table gives each seed's final test accuracy,
-their mean and their spread. Runs of one model with different recipes (a recipe choice)
-are labelled by the recipe fields that differ.
+test accuracy before and after the BatchNorm re-estimation, and the run's command. Runs
+with different budgets are refused unless ``--mixed-budgets`` is given: a comparison of
+methods is made at equal budgets. Where a model has runs of several seeds, a second table
+gives each seed's final test accuracy, their mean and their spread. Runs of one model with
+different recipes (a recipe choice) are labelled by the recipe fields that differ.
 """
 
 from __future__ import annotations
@@ -68,6 +68,10 @@ def recorded_runs(path: Path) -> list[dict]:
             missing = [field for field in RUN_FIELDS if field not in run]
             if missing:
                 raise ValueError(f"run {label!r} has no {', '.join(missing)}")
+            accuracies = run["test_accuracy"]
+            if not (isinstance(run["budget"], dict) and isinstance(run["recipe"], dict) and isinstance(accuracies, list)
+                    and accuracies and all(isinstance(a, (int, float)) for a in accuracies)):
+                raise ValueError(f"run {label!r} has a malformed budget, recipe or test accuracy")
     except (OSError, KeyError, TypeError, ValueError) as err:  # JSONDecodeError is a ValueError
         raise SystemExit(f"training_curves.py: error: --recorded {path}: not a results file of this script ({err}).")
     return [{field: run[field] for field in RUN_FIELDS} for run in runs.values()]

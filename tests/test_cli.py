@@ -291,7 +291,8 @@ def test_training_curves_give_each_models_seeds_their_mean_and_spread(tmp_path, 
     assert set(joined["runs"]) == {"bnn_resnet20 (seed 0)", "bnn_resnet20 (seed 1)", "bonn_resnet20 (seed 0)",
                                    "bonn_resnet20 (seed 1)"}
     assert joined["seeds"]["bonn_resnet20"]["test_top1"] == [0.85, 0.83]
-    for bad in ("{", '{"runs": {}}', '{"runs": {"x": {"model": "bnn_resnet20"}}}'):
+    malformed = {**joined["runs"]["bonn_resnet20 (seed 1)"], "test_accuracy": "high"}
+    for bad in ("{", '{"runs": {}}', '{"runs": {"x": {"model": "bnn_resnet20"}}}', json.dumps({"runs": {"x": malformed}})):
         (tmp_path / "bad.json").write_text(bad)
         with pytest.raises(SystemExit, match=r"--recorded .*bad.json: not a results file of this script"):
             training_curves.main(["--recorded", str(tmp_path / "bad.json"), "--name", "bad"])
