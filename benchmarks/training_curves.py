@@ -169,16 +169,16 @@ def name_variants(runs: list[dict]) -> None:
 
 def seed_spread(runs: list[dict]) -> dict:
     """Per group of runs with more than one seed: the seeds, each one's final test top-1, mean and range."""
-    by_model = {}
+    by_group = {}
     for run in runs:
         final = run["test_top1_after_bn_recalibration"]
-        by_model.setdefault(run["group"], []).append((run["seed"], run["final_test_accuracy"] if final is None else final))
+        by_group.setdefault(run["group"], []).append((run["seed"], run["final_test_accuracy"] if final is None else final))
     spread = {}
-    for model, results in by_model.items():
+    for group, results in by_group.items():
         if len(results) > 1:
             results.sort()
             accuracies = [accuracy for _, accuracy in results]
-            spread[model] = {"seeds": [seed for seed, _ in results], "test_top1": accuracies,
+            spread[group] = {"seeds": [seed for seed, _ in results], "test_top1": accuracies,
                              "mean": sum(accuracies) / len(accuracies), "range": max(accuracies) - min(accuracies)}
     return spread
 
