@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from pathlib import Path
 
@@ -358,9 +359,20 @@ def _add_port_command(commands) -> None:
     porting.set_defaults(run=cmd_port)
 
 
+class _NoRetracingAdvice(logging.Filter):
+    """Drops TensorFlow's advice to stop retracing a ``tf.function``: the commands predict
+    with several models in a row (trained, inference form, reloaded), which is what it counts,
+    and the advice is for the caller's own code, not a command's user."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "triggered tf.function retracing" not in record.getMessage()
+
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    tensorflow_log = logging.getLogger("tensorflow")
+    if not any(isinstance(f, _NoRetracingAdvice) for f in tensorflow_log.filters):
+        tensorflow_log.addFilter(_NoRetracingAdvice())
     try:
         return args.run(args)
     except user_errors() as err:
