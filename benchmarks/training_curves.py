@@ -5,7 +5,8 @@ on one plot (PNG) and a table (JSON + markdown), read from the runs' own records
 
 Each RUN is a `zoo train` output directory (its `report.json`, written when the run
 finished); `--recorded results/NAME.json` adds the runs an earlier table recorded, so a
-second seed joins a table whose first runs' directories are gone. The table gives the
+second seed joins a table whose first runs' directories are gone; `--model NAME` keeps only
+that model's runs (repeatable), e.g. one model's runs out of a table of methods. The table gives the
 budget each run had (epochs x training images, batch, recipe, optimizer), the held-out
 accuracy per epoch where the run held images out, the test accuracy per epoch, the final
 test accuracy before and after the BatchNorm re-estimation, and the run's command. Runs
@@ -103,12 +104,19 @@ def main(argv=None):
     parser.add_argument("--recorded", action="append", type=Path, default=[], metavar="RESULTS_JSON",
                         help="also the runs an earlier results file of this script records (for runs whose "
                              "directories are gone)")
+    parser.add_argument("--model", action="append", default=[], metavar="NAME",
+                        help="keep only this model's runs (repeatable; default: every run)")
     parser.add_argument("--mixed-budgets", action="store_true", help="allow runs with different budgets")
     parser.add_argument("--name", required=True, help="results file name")
     args = parse_arguments(parser, argv)
     read = [run for path in args.recorded for run in recorded_runs(path)] + [read_run(d) for d in args.runs]
     if not read:
         parser.error("give at least one run directory or --recorded file")
+    if args.model:
+        absent = sorted(set(args.model) - {run["model"] for run in read})
+        if absent:
+            parser.error(f"--model {', '.join(absent)}: no such run among the given ones")
+        read = [run for run in read if run["model"] in args.model]
     name_variants(read)
     seeds = {}
     for run in read:
