@@ -2,6 +2,7 @@
 nothing written; and scripts that refuse to replace shipped files without being asked."""
 
 import json
+import logging
 import subprocess
 import sys
 from pathlib import Path
@@ -125,6 +126,10 @@ TRAIN = ["train", "bnn_resnet20", "--dataset", "fashion_mnist", "--quiet"]
     (["--theta-init", "uniform", "--recipe", "rbnn"], "--theta-init: bnn_resnet20 has no RBNN layers for θ to start"),
     (["--centre-loss-epochs", "1", "--recipe", "bonn"], "--centre-loss-epochs: BONNRecipe (the recipe of bonn) has no "
                                                         "centre_loss_epochs."),
+    (["--adversarial-weight", "inf"], "--adversarial-weight must be a non-negative number, got inf."),
+    (["--adversarial-weight", "0"], "--adversarial-weight: Recipe (the recipe of bnn) has no adversarial_weight."),
+    (["--adversarial-weight", "0", "--recipe", "rbcn"], "--adversarial-weight: bnn_resnet20 has no rectified convs for "
+                                                        "the adversarial term to train."),
 ])
 def test_train_refuses_settings_it_would_have_replaced(flags, expected, tmp_path, capsys):
     output = tmp_path / "run"
@@ -247,7 +252,7 @@ def test_bonn_modulation_rows_set_lambda_or_are_refused_by_name(monkeypatch):
             parse_row(bad)
 
 
-def test_training_curves_give_each_models_seeds_their_mean_and_spread(tmp_path, monkeypatch):
+def test_training_curves_give_each_models_seeds_their_mean_and_spread(tmp_path, monkeypatch, capsys):
     monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
     import common
     import training_curves
@@ -255,13 +260,15 @@ def test_training_curves_give_each_models_seeds_their_mean_and_spread(tmp_path, 
     monkeypatch.setattr(common, "RESULTS", tmp_path / "results")
     monkeypatch.setattr(training_curves, "RESULTS", tmp_path / "results")
 
-    def run(model, seed, final, weight_decay=1e-4):
-        directory = tmp_path / f"{model}-s{seed}-wd{weight_decay}"
+    def run(model, seed, final, weight_decay=1e-4, epochs=2):
+        directory = tmp_path / f"{model}-s{seed}-wd{weight_decay}-e{epochs}"
         directory.mkdir()
-        report = {"model": model, "validation": "held-out training images", "epochs_done": 2,
+        report = {"model": model, "validation": "held-out training images", "epochs_done": epochs,
                   "train_images_per_epoch": 100,
-                  "recipe": {"name": "Recipe", "batch_size": 10, "learning_rate": 0.1, "weight_decay": weight_decay},
-                  "history": [{"val_accuracy": 0.5, "test_accuracy": 0.4}, {"val_accuracy": 0.6, "test_accuracy": 0.5}],
+                  "recipe": {"name": "Recipe", "epochs": epochs, "batch_size": 10, "learning_rate": 0.1,
+                             "weight_decay": weight_decay},
+                  "history": [{"val_accuracy": 0.5 + epoch / 10, "test_accuracy": 0.4 + epoch / 10}
+                              for epoch in range(epochs)],
                   "test_top1": final, "command": f"zoo train {model} --seed {seed}", "budget": {"seed": seed}}
         (directory / "report.json").write_text(json.dumps(report))
         return str(directory)
@@ -291,6 +298,19 @@ def test_training_curves_give_each_models_seeds_their_mean_and_spread(tmp_path, 
     assert set(joined["runs"]) == {"bnn_resnet20 (seed 0)", "bnn_resnet20 (seed 1)", "bonn_resnet20 (seed 0)",
                                    "bonn_resnet20 (seed 1)"}
     assert joined["seeds"]["bonn_resnet20"]["test_top1"] == [0.85, 0.83]
+
+    # one model's runs out of a table of methods, beside a longer schedule of it
+    training_curves.main(["--recorded", str(tmp_path / "results" / "joined.json"), run("bnn_resnet20", 0, 0.92, epochs=3),
+                          "--model", "bnn_resnet20",
+                          "--mixed-budgets", "--name", "schedule"])
+    schedule = json.loads((tmp_path / "results" / "schedule.json").read_text())
+    assert set(schedule["runs"]) == {"bnn_resnet20 (epochs 2) (seed 0)", "bnn_resnet20 (epochs 2) (seed 1)",
+                                     "bnn_resnet20 (epochs 3)"}
+    assert list(schedule["seeds"]) == ["bnn_resnet20 (epochs 2)"]
+    with pytest.raises(SystemExit) as refused:
+        training_curves.main(["--recorded", str(tmp_path / "results" / "joined.json"), "--model", "xnor_resnet20",
+                              "--name", "absent"])
+    assert refused.value.code == 2 and "--model xnor_resnet20: no such run" in capsys.readouterr().err
     malformed = {**joined["runs"]["bonn_resnet20 (seed 1)"], "test_accuracy": "high"}
     for bad in ("{", '{"runs": {}}', '{"runs": {"x": {"model": "bnn_resnet20"}}}', json.dumps({"runs": {"x": malformed}})):
         (tmp_path / "bad.json").write_text(bad)
@@ -313,3 +333,22 @@ def test_the_epoch_probe_records_every_epoch_however_few_its_steps(steps, monkey
     for row in probe.rows:
         assert all(0.0 <= row[key] <= 1.0 for key in
                    ("flipped", "flipped_first_tenth", "flipped_last_tenth", "held_out_accuracy"))
+
+
+def test_the_commands_drop_tensorflows_retracing_advice(monkeypatch, caplog):
+    """It is about a caller's own tf.functions; a command that predicts with several models in a row
+    (as ``zoo train``'s export checks do) would print it to its user."""
+    tensorflow_log = logging.getLogger("tensorflow")
+    monkeypatch.setattr(tensorflow_log, "filters", [])
+    with caplog.at_level(logging.WARNING, logger="tensorflow"):
+        double = tf.function(lambda x: 2 * x)  # a function of its own: TensorFlow advises twice per function
+        for value in range(6):
+            double(float(value))  # a new Python number: a new trace
+        advice = [record for record in caplog.records if "triggered tf.function retracing" in record.getMessage()]
+        assert advice
+        caplog.clear()
+        assert cli.main(["list"]) == 0
+        for record in advice:
+            tensorflow_log.handle(record)
+        tensorflow_log.warning("another warning")
+    assert [record.getMessage() for record in caplog.records if record.name == "tensorflow"] == ["another warning"]

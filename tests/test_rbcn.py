@@ -265,6 +265,16 @@ def test_the_recipe_needs_a_teacher_for_rbcn_models_only():
         "fp_resnet20", weights=None, input_shape=SHAPE)), Distiller)
 
 
+def test_the_recipe_sets_its_adversarial_weight_on_the_trainer_and_refuses_it_for_a_baseline():
+    trainer = RBCNRecipe.for_model("rbcn_resnet20", epochs=1, adversarial_weight=0.0).wrap(*student_and_teacher())
+    assert [term.weight for term in trainer.terms if isinstance(term, rbcn.GeneratorLoss)] == [0.0]
+    with pytest.raises(ValueError, match="adversarial_weight must be a finite number, at least 0; got -1.0"):
+        RBCNRecipe.for_model("rbcn_resnet20", adversarial_weight=-1.0)
+    with pytest.raises(ValueError, match="adversarial_weight: bnn_resnet20 has no rectified convs"):
+        RBCNRecipe.for_model("bnn_resnet20", adversarial_weight=0.5).wrap(
+            zoo.load("bnn_resnet20", weights=None, input_shape=SHAPE))
+
+
 def test_the_width_table_models_and_their_anchors():
     assert [n for n in zoo.list_models("*resnet18_cifar_*")] == [
         "rbcn_resnet18_cifar_32_32_64_128", "rbcn_resnet18_cifar_32_64_128_256", "rbcn_resnet18_cifar_64_64_128_256"]

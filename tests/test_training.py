@@ -379,7 +379,7 @@ def test_the_settings_table_is_what_zoo_train_and_train_take():
     assert {setting.flag for setting in SETTINGS} == options - not_settings
     assert {setting.key for setting in SETTINGS} <= set(inspect.signature(loop.train).parameters)
     fields = {method: {field.name for field in dataclasses.fields(recipe_class(method))}
-              for method in ("bnn", "cbcn", "bonn", "rbnn")}
+              for method in ("bnn", "cbcn", "bonn", "rbnn", "rbcn")}
     for setting in SETTINGS:
         if setting.method is not None:  # only its method's recipe has the field
             assert setting.recipe_field in fields[setting.method] and setting.recipe_field not in fields["bnn"]

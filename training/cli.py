@@ -54,6 +54,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--theta-init", choices=THETA_INITS, default=None,
                         help="RBNN's recipe: θ's start (default half_pi, the paper's π/2; uniform: U(0, π/2) per "
                              "channel, the authors' pre-release code, a deviation for short budgets)")
+    parser.add_argument("--adversarial-weight", type=float, default=None, metavar="WEIGHT",
+                        help="RBCN's recipe: the weight of the adversarial term (default: the spec's 1; 0: none, "
+                             "an ablation, docs/methods/rbcn.md)")
     parser.add_argument("--seed", type=int, default=None, help="data order, augmentation, initialisation (0)")
     parser.add_argument("--no-export", action="store_true",
                         help="skip the weights file, manifest entry and .tflite at the end (logs stay)")
@@ -101,7 +104,7 @@ def run(args) -> int:
               val_images=args.val_images, seed=args.seed, optimizer=args.optimizer, learning_rate=args.learning_rate,
               weight_decay=args.weight_decay, schedule=args.schedule, centre_loss_epochs=args.centre_loss_epochs,
               kernel_loss_weight=args.kernel_loss_weight, theta_init=args.theta_init,
-              export=not args.no_export,
+              adversarial_weight=args.adversarial_weight, export=not args.no_export,
               verbose=0 if args.quiet else 1 if sys.stdout.isatty() else 2)  # a log file: a line per epoch
     except TrainingDiverged as err:
         print(f"zoo train: {err}", file=sys.stderr)

@@ -89,7 +89,8 @@ def train(model_name: str, dataset: str, *, epochs: int | None = None, batch_siz
           test_images: int | None = None, val_images: int | None = None, seed: int | None = None,
           optimizer: str | None = None, learning_rate: float | None = None, weight_decay: float | None = None,
           schedule: str | None = None, centre_loss_epochs: int | None = None,
-          kernel_loss_weight: float | None = None, theta_init: str | None = None, export: bool = True,
+          kernel_loss_weight: float | None = None, theta_init: str | None = None,
+          adversarial_weight: float | None = None, export: bool = True,
           builder_kwargs: dict | None = None, verbose: int = 1):
     """Trains ``model_name`` on ``dataset`` with its method's recipe; returns (model, report).
 
@@ -113,6 +114,8 @@ def train(model_name: str, dataset: str, *, epochs: int | None = None, batch_siz
         the layers' own, the book's 1e-4).
       theta_init: RBNN's recipe: θ's start, ``"half_pi"`` (the paper's, the default) or
         ``"uniform"`` (U(0, π/2), a deviation for short budgets).
+      adversarial_weight: RBCN's recipe: the weight of the adversarial term (default 1, the
+        spec's; 0 leaves it out, an ablation).
       seed: data order, augmentation and initialisation (default 0).
       export: with ``output``, write the weights file, manifest entry and .tflite at the end.
       builder_kwargs: architecture keywords (e.g. ``width_multiplier``) for runs without
@@ -131,7 +134,8 @@ def train(model_name: str, dataset: str, *, epochs: int | None = None, batch_siz
                  "batch_size": batch_size, "train_images": train_images, "teacher": teacher, "seed": seed,
                  "val_images": val_images, "optimizer": optimizer, "learning_rate": learning_rate,
                  "weight_decay": weight_decay, "schedule": schedule, "centre_loss_epochs": centre_loss_epochs,
-                 "kernel_loss_weight": kernel_loss_weight, "theta_init": theta_init}
+                 "kernel_loss_weight": kernel_loss_weight, "theta_init": theta_init,
+                 "adversarial_weight": adversarial_weight}
     checkpoint.check_settings(requested)  # the Python API refuses what the CLI refuses (epochs=0, ...)
     out = Path(output) if output is not None else None
     if builder_kwargs and out is not None:

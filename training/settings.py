@@ -43,6 +43,8 @@ SETTINGS = (
             method="bonn", acts_on="BONN layers for λ to weigh"),
     Setting("theta_init", "--theta-init", "name", recipe_field="theta_init", method="rbnn",
             acts_on="RBNN layers for θ to start in"),
+    Setting("adversarial_weight", "--adversarial-weight", "non-negative number", recipe_field="adversarial_weight",
+            method="rbcn", acts_on="rectified convs for the adversarial term to train"),
 )
 BY_KEY = {setting.key: setting for setting in SETTINGS}
 

@@ -8,6 +8,8 @@ On top: the adversarial trainer (:class:`zoo.schemes.rbcn.AdversarialTrainer`) a
 frozen full-precision teacher — discriminators on the stage outputs trained with
 Adam(1e-4, β = (0.5, 0.999)), generator term weight 1, the rectifiers' learning rate
 η₂ = η₁ — and the BN-retraining pass after every epoch (10 % of the epoch's batches).
+``adversarial_weight`` (``--adversarial-weight``) sets another generator term weight for
+the run; 0 leaves the adversarial term out, an ablation (the discriminators still train).
 
 Models without rectified convs (a baseline trained with this recipe in a same-budget
 comparison) get the optimizer and schedule only: no teacher, no discriminators.
@@ -21,6 +23,7 @@ Scale a run down with ``epochs``: the cosine schedule is a function of the epoch
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import ClassVar
 
 import zoo  # noqa: F401,I001  (first: selects Keras 2)
@@ -28,6 +31,7 @@ import tf_keras as keras
 from zoo.schemes.rbcn import DISCRIMINATOR_LEARNING_RATE, AdversarialTrainer, BatchNormRetraining, rectified_layers
 
 from training.recipes.base import Recipe
+from training.settings import lacking_layers
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,8 +46,15 @@ class RBCNRecipe(Recipe):
 
     NEEDS_TEACHER: ClassVar[bool] = True
 
+    def __post_init__(self):
+        super().__post_init__()
+        if not 0 <= self.adversarial_weight < math.inf:
+            raise ValueError(f"adversarial_weight must be a finite number, at least 0; got {self.adversarial_weight}.")
+
     def wrap(self, model: keras.Model, teacher: keras.Model | None = None) -> keras.Model:
         if not rectified_layers(model):
+            if self.adversarial_weight != type(self).adversarial_weight:
+                raise ValueError(f"adversarial_weight: {lacking_layers('adversarial_weight', model.name)}")
             return model
         if teacher is None:
             raise ValueError(
