@@ -47,6 +47,9 @@ def test_pretrained_directory_within_budget():
 #: binary ResNet-20s shipped at fewer epochs than the others (CBCN's 4x-wide maps cost 19 min
 #: an epoch here), each with the committed run that ranks it beside bnn_resnet20 at its budget
 OWN_BUDGET = {"cbcn_resnet20": "same_budget_cbcn_fashion_mnist"}
+#: binary ResNet-20s shipped from a longer schedule than the ranking budget, as the held-out
+#: images chose, each with the committed results file that holds both schedules' runs
+LONGER_SCHEDULE = {"bnn_resnet20": "schedule_length_fashion_mnist"}
 BUDGET_FLAGS = ("--epochs", "--train-images", "--val-images", "--batch-size", "--seed")
 
 
@@ -55,19 +58,39 @@ def budget_flags(command):
     return {words[i]: words[i + 1] for i in range(len(words) - 1) if words[i] in BUDGET_FLAGS}
 
 
+def ranking_budget() -> dict:
+    """The budget flags the shipped binary ResNet-20s share, at which methods are ranked."""
+    budgets = {json.dumps(budget_flags(shipped_entry(name).command), sort_keys=True)
+               for name in SHIPPED[:-1] if registry.get_model_spec(name).scheme.binary
+               and name not in OWN_BUDGET and name not in LONGER_SCHEDULE}
+    assert len(budgets) == 1, budgets
+    return json.loads(budgets.pop())
+
+
 def test_full_budget_entries_share_one_budget():
     """Every binary ResNet-20 trained on the whole training split (no ``--train-images``), and
     they compare methods fairly: the same epochs, held-out images, batch and seed, whatever
     each method's recipe. fp_resnet20 is the full-precision reference, on its own budget;
-    OWN_BUDGET's entries are ranked at theirs (below)."""
-    budgets = {}
+    OWN_BUDGET's entries are ranked at theirs, LONGER_SCHEDULE's by their shorter runs (below)."""
     for name in [name for name in SHIPPED[:-1] if registry.get_model_spec(name).scheme.binary]:
-        options = budget_flags(shipped_entry(name).command)
-        assert "--train-images" not in options, f"{name} trained on part of the training split"
-        if name not in OWN_BUDGET:
-            budgets[name] = json.dumps(options, sort_keys=True)
-    assert len(budgets) >= 2 and len(set(budgets.values())) == 1, budgets
-    assert set(OWN_BUDGET) <= set(SHIPPED)
+        assert "--train-images" not in budget_flags(shipped_entry(name).command), f"{name} trained on part of it"
+    assert ranking_budget()["--epochs"] and set(OWN_BUDGET) | set(LONGER_SCHEDULE) <= set(SHIPPED)
+    assert len(set(SHIPPED[1:-1]) - set(OWN_BUDGET) - set(LONGER_SCHEDULE)) >= 2
+
+
+@pytest.mark.parametrize("name", sorted(LONGER_SCHEDULE))
+def test_an_entry_from_a_longer_schedule_beat_the_ranking_budget_on_held_out_images(name):
+    """Its results file holds the shipped run and the same command at the ranking budget's epochs
+    (the run the methods are ranked against); the shipped one ended higher on the held-out images."""
+    runs = json.loads((REPO / "benchmarks" / "results" / f"{LONGER_SCHEDULE[name]}.json").read_text())["runs"].values()
+    entry = shipped_entry(name)
+    [shipped] = [run for run in runs if run["command"] == entry.command]
+    assert round(100 * shipped["test_top1_after_bn_recalibration"], 2) == entry.metrics["top1"]
+    epochs, ranking_epochs = budget_flags(entry.command)["--epochs"], ranking_budget()["--epochs"]
+    assert int(epochs) > int(ranking_epochs)
+    shorter_command = entry.command.replace(f"--epochs {epochs} ", f"--epochs {ranking_epochs} ")
+    [shorter] = [run for run in runs if run["command"] == shorter_command]
+    assert shipped["held_out_accuracy"][-1] > shorter["held_out_accuracy"][-1]
 
 
 def test_every_entry_held_images_out_to_choose_its_recipe():
