@@ -269,7 +269,7 @@ def test_the_recipe_sets_its_kernel_loss_weight_on_the_bonn_layers_for_the_run()
     assert float(tf.add_n(model.losses)) == pytest.approx(book / 10, rel=1e-4)  # λ scales every term
     BONNRecipe.for_model("bonn_resnet20").wrap(model)  # no λ of its own: the layers keep theirs
     assert {layer.kernel_loss_weight for layer in bonn.bonn_layers(model)} == {1e-5}
-    with pytest.raises(ValueError, match="kernel_loss_weight must be a finite number, at least 0; got -1e-05"):
+    with pytest.raises(ValueError, match="kernel_loss_weight must be a non-negative number, got -1e-05."):
         BONNRecipe.for_model("bonn_resnet20", kernel_loss_weight=-1e-5)
     with pytest.raises(ValueError, match="bnn_resnet20 has no BONN layers for λ to weigh"):
         BONNRecipe.for_model("bnn_resnet20", kernel_loss_weight=1e-5).wrap(

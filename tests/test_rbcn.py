@@ -268,7 +268,7 @@ def test_the_recipe_needs_a_teacher_for_rbcn_models_only():
 def test_the_recipe_sets_its_adversarial_weight_on_the_trainer_and_refuses_it_for_a_baseline():
     trainer = RBCNRecipe.for_model("rbcn_resnet20", epochs=1, adversarial_weight=0.0).wrap(*student_and_teacher())
     assert [term.weight for term in trainer.terms if isinstance(term, rbcn.GeneratorLoss)] == [0.0]
-    with pytest.raises(ValueError, match="adversarial_weight must be a finite number, at least 0; got -1.0"):
+    with pytest.raises(ValueError, match="adversarial_weight must be a non-negative number, got -1.0."):
         RBCNRecipe.for_model("rbcn_resnet20", adversarial_weight=-1.0)
     with pytest.raises(ValueError, match="adversarial_weight: bnn_resnet20 has no rectified convs"):
         RBCNRecipe.for_model("bnn_resnet20", adversarial_weight=0.5).wrap(

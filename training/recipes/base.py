@@ -27,6 +27,8 @@ from zoo import registry
 from zoo.distillation import Distiller, KnowledgeDistillation
 from zoo.optimizers import OPTIMIZERS, SGDCoupledDecay
 
+from training.settings import SETTINGS, value_problem
+
 
 def is_imagenet_style(model_name: str) -> bool:
     return registry.get_model_spec(model_name).architecture.family.endswith("(ImageNet-style)")
@@ -70,6 +72,13 @@ class Recipe:
         return 0.5 * self.learning_rate * (1.0 + math.cos(math.pi * progress))
 
     def __post_init__(self):
+        """Refuses a field that ``zoo train`` sets (training.settings) with a value of the wrong
+        kind, as the command line would, then an unknown optimizer or schedule."""
+        for setting in SETTINGS:
+            if setting.recipe_field is not None and hasattr(self, setting.recipe_field):
+                problem = value_problem(setting.kind, getattr(self, setting.recipe_field))
+                if problem is not None:
+                    raise ValueError(f"{setting.recipe_field} {problem}.")
         if self.optimizer_name not in OPTIMIZERS:
             raise ValueError(f"Unknown optimizer {self.optimizer_name!r}; choose one of {', '.join(OPTIMIZERS)}.")
         if self.schedule not in self.SCHEDULES:

@@ -21,7 +21,6 @@ teacher, any model gets the zoo's knowledge-distillation wrapper, as with every 
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import ClassVar
 
 import zoo  # noqa: F401,I001  (first: selects Keras 2)
@@ -55,11 +54,6 @@ class BONNRecipe(Recipe):
 
     CIFAR_DEFAULTS: ClassVar[tuple[int, int, int]] = (200, 256, 0)
     IMAGENET_DEFAULTS: ClassVar[tuple[int, int, int]] = (70, 256, 0)
-
-    def __post_init__(self):
-        super().__post_init__()
-        if self.kernel_loss_weight is not None and not 0 <= self.kernel_loss_weight < math.inf:
-            raise ValueError(f"kernel_loss_weight must be a finite number, at least 0; got {self.kernel_loss_weight}.")
 
     def wrap(self, model: keras.Model, teacher: keras.Model | None = None) -> keras.Model:
         """:class:`BONNTrainer` for a model with BONN layers; otherwise, or given a teacher,

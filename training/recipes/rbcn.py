@@ -23,7 +23,6 @@ Scale a run down with ``epochs``: the cosine schedule is a function of the epoch
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import ClassVar
 
 import zoo  # noqa: F401,I001  (first: selects Keras 2)
@@ -45,11 +44,6 @@ class RBCNRecipe(Recipe):
     bn_retraining_fraction: float = 0.1
 
     NEEDS_TEACHER: ClassVar[bool] = True
-
-    def __post_init__(self):
-        super().__post_init__()
-        if not 0 <= self.adversarial_weight < math.inf:
-            raise ValueError(f"adversarial_weight must be a finite number, at least 0; got {self.adversarial_weight}.")
 
     def wrap(self, model: keras.Model, teacher: keras.Model | None = None) -> keras.Model:
         if not rectified_layers(model):
