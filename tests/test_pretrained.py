@@ -50,7 +50,7 @@ OWN_BUDGET = {"cbcn_resnet20": "same_budget_cbcn_fashion_mnist"}
 #: binary ResNet-20s shipped from a longer schedule than the ranking budget, as the held-out
 #: images chose, each with the committed results file that holds both schedules' runs
 LONGER_SCHEDULE = {name: "schedule_length_fashion_mnist"
-                   for name in ("bnn_resnet20", "xnor_resnet20", "bireal_resnet20")}
+                   for name in ("bnn_resnet20", "xnor_resnet20", "bireal_resnet20", "rbnn_resnet20")}
 BUDGET_FLAGS = ("--epochs", "--train-images", "--val-images", "--batch-size", "--seed")
 
 
