@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 from typing import Callable
 
+from zoo.cli import hide_retracing_advice
 from zoo.files import atomic_write
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -24,11 +25,13 @@ def parse_arguments(parser: argparse.ArgumentParser, argv,
     """Parses a benchmark's arguments with ``--overwrite`` added; ``args.name`` is its
     ``--name`` or ``default_name(args)``. Results already in ``results/`` (tracked ones among
     them) are refused before the benchmark runs unless ``--overwrite`` is given: a run with
-    reduced settings must not replace them by surprise."""
+    reduced settings must not replace them by surprise. TensorFlow's retracing advice is
+    filtered as in ``zoo``'s commands: the scripts predict with many models in a row."""
     parser.add_argument("--overwrite", action="store_true",
                         help="replace results/NAME.* if they exist (tracked results: rerun them with the command "
                              "they record)")
     args = parser.parse_args(argv)
+    hide_retracing_advice()
     if args.name is None:
         args.name = default_name(args)
     existing = [path for path in (RESULTS / f"{args.name}.json", RESULTS / f"{args.name}.md") if path.exists()]

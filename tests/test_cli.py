@@ -335,9 +335,21 @@ def test_the_epoch_probe_records_every_epoch_however_few_its_steps(steps, monkey
                    ("flipped", "flipped_first_tenth", "flipped_last_tenth", "held_out_accuracy"))
 
 
-def test_the_commands_drop_tensorflows_retracing_advice(monkeypatch, caplog):
+def parse_benchmark_arguments(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    import argparse
+
+    import common
+
+    monkeypatch.setattr(common, "RESULTS", tmp_path)
+    parser = argparse.ArgumentParser(prog="bench.py")
+    parser.add_argument("--name", default="bench")
+    common.parse_arguments(parser, [])
+
+
+def test_the_commands_and_benchmark_scripts_drop_tensorflows_retracing_advice(tmp_path, monkeypatch, caplog):
     """It is about a caller's own tf.functions; a command that predicts with several models in a row
-    (as ``zoo train``'s export checks do) would print it to its user."""
+    (as ``zoo train``'s export checks and ``benchmarks/pretrained.py`` do) would print it to its user."""
     tensorflow_log = logging.getLogger("tensorflow")
     monkeypatch.setattr(tensorflow_log, "filters", [])
     with caplog.at_level(logging.WARNING, logger="tensorflow"):
@@ -346,9 +358,11 @@ def test_the_commands_drop_tensorflows_retracing_advice(monkeypatch, caplog):
             double(float(value))  # a new Python number: a new trace
         advice = [record for record in caplog.records if "triggered tf.function retracing" in record.getMessage()]
         assert advice
-        caplog.clear()
-        assert cli.main(["list"]) == 0
-        for record in advice:
-            tensorflow_log.handle(record)
-        tensorflow_log.warning("another warning")
-    assert [record.getMessage() for record in caplog.records if record.name == "tensorflow"] == ["another warning"]
+        for run in (lambda: cli.main(["list"]), lambda: parse_benchmark_arguments(tmp_path, monkeypatch)):
+            monkeypatch.setattr(tensorflow_log, "filters", [])
+            caplog.clear()
+            run()
+            for record in advice:
+                tensorflow_log.handle(record)
+            tensorflow_log.warning("another warning")
+            assert [record.getMessage() for record in caplog.records if record.name == "tensorflow"] == ["another warning"]

@@ -368,11 +368,17 @@ class _NoRetracingAdvice(logging.Filter):
         return "triggered tf.function retracing" not in record.getMessage()
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def hide_retracing_advice() -> None:
+    """Filters that advice from the ``tensorflow`` logger, once per process: for ``zoo``'s commands
+    and the benchmark scripts, not for the library, whose users may be told about their own code."""
     tensorflow_log = logging.getLogger("tensorflow")
     if not any(isinstance(f, _NoRetracingAdvice) for f in tensorflow_log.filters):
         tensorflow_log.addFilter(_NoRetracingAdvice())
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    hide_retracing_advice()
     try:
         return args.run(args)
     except user_errors() as err:
