@@ -249,7 +249,7 @@ def test_the_student_and_the_trainer_state_round_trip(tmp_path, fashion_mnist_da
 def test_the_recipe_needs_a_teacher_for_rbcn_models_only():
     recipe = RBCNRecipe.for_model("rbcn_resnet20")
     assert RBCNRecipe.NEEDS_TEACHER and (recipe.epochs, recipe.batch_size) == (200, 128)
-    assert (recipe.discriminator_learning_rate, recipe.adversarial_weight) == (1e-4, 1.0)
+    assert recipe.discriminator_learning_rate == 1e-4
     with pytest.raises(ValueError, match="teacher"):
         recipe.wrap(zoo.load("rbcn_resnet20", weights=None, input_shape=SHAPE))
     baseline = zoo.load("bnn_resnet20", weights=None, input_shape=SHAPE)
@@ -266,13 +266,17 @@ def test_the_recipe_needs_a_teacher_for_rbcn_models_only():
 
 
 def test_the_recipe_sets_its_adversarial_weight_on_the_trainer_and_refuses_it_for_a_baseline():
-    trainer = RBCNRecipe.for_model("rbcn_resnet20", epochs=1, adversarial_weight=0.0).wrap(*student_and_teacher())
-    assert [term.weight for term in trainer.terms if isinstance(term, rbcn.GeneratorLoss)] == [0.0]
+    def generator_weights(**overrides):
+        trainer = RBCNRecipe.for_model("rbcn_resnet20", epochs=1, **overrides).wrap(*student_and_teacher())
+        return [term.weight for term in trainer.terms if isinstance(term, rbcn.GeneratorLoss)]
+
+    assert generator_weights() == [1.0] and generator_weights(adversarial_weight=0.0) == [0.0]
     with pytest.raises(ValueError, match="adversarial_weight must be a non-negative number, got -1.0."):
         RBCNRecipe.for_model("rbcn_resnet20", adversarial_weight=-1.0)
-    with pytest.raises(ValueError, match="adversarial_weight: bnn_resnet20 has no rectified convs"):
-        RBCNRecipe.for_model("bnn_resnet20", adversarial_weight=0.5).wrap(
-            zoo.load("bnn_resnet20", weights=None, input_shape=SHAPE))
+    for weight in (0.5, 1.0):  # the default's value, given, is refused too
+        with pytest.raises(ValueError, match="adversarial_weight: bnn_resnet20 has no rectified convs"):
+            RBCNRecipe.for_model("bnn_resnet20", adversarial_weight=weight).wrap(
+                zoo.load("bnn_resnet20", weights=None, input_shape=SHAPE))
 
 
 def test_the_width_table_models_and_their_anchors():

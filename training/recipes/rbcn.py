@@ -27,7 +27,7 @@ from typing import ClassVar
 
 import zoo  # noqa: F401,I001  (first: selects Keras 2)
 import tf_keras as keras
-from zoo.schemes.rbcn import DISCRIMINATOR_LEARNING_RATE, AdversarialTrainer, BatchNormRetraining, rectified_layers
+from zoo.schemes.rbcn import ADVERSARIAL_WEIGHT, DISCRIMINATOR_LEARNING_RATE, AdversarialTrainer, BatchNormRetraining, rectified_layers
 
 from training.recipes.base import Recipe
 from training.settings import lacking_layers
@@ -39,7 +39,8 @@ class RBCNRecipe(Recipe):
     trainer against a teacher and the per-epoch BN pass (§3.4, §3.6)."""
 
     discriminator_learning_rate: float = DISCRIMINATOR_LEARNING_RATE
-    adversarial_weight: float = 1.0
+    #: the generator term's weight; None: the trainer's own (ADVERSARIAL_WEIGHT, 1)
+    adversarial_weight: float | None = None
     rectifier_learning_rate_scale: float = 1.0
     bn_retraining_fraction: float = 0.1
 
@@ -47,7 +48,7 @@ class RBCNRecipe(Recipe):
 
     def wrap(self, model: keras.Model, teacher: keras.Model | None = None) -> keras.Model:
         if not rectified_layers(model):
-            if self.adversarial_weight != type(self).adversarial_weight:
+            if self.adversarial_weight is not None:
                 raise ValueError(f"adversarial_weight: {lacking_layers('adversarial_weight', model.name)}")
             return model
         if teacher is None:
@@ -55,7 +56,8 @@ class RBCNRecipe(Recipe):
                 f"RBCN trains {model.name!r} against a frozen full-precision teacher: pass one "
                 "(training.loop.prepare_teacher gives the fp_ twin, loaded or trained first)."
             )
-        return AdversarialTrainer(model, teacher, adversarial_weight=self.adversarial_weight,
+        weight = ADVERSARIAL_WEIGHT if self.adversarial_weight is None else self.adversarial_weight
+        return AdversarialTrainer(model, teacher, adversarial_weight=weight,
                                   rectifier_learning_rate_scale=self.rectifier_learning_rate_scale)
 
     def compile(self, model: keras.Model) -> None:

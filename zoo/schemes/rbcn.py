@@ -66,6 +66,7 @@ from zoo.schemes.base import split_scaled_sign
 KERNEL_LOSS_WEIGHT = 1e-4
 VARIANTS = ("deployable", "faithful")
 DISCRIMINATOR_LEARNING_RATE = 1e-4
+ADVERSARIAL_WEIGHT = 1.0
 LEAKY_SLOPE = 0.2
 BN_RETRAINING_FRACTION = 0.1
 
@@ -258,7 +259,7 @@ class AdversarialTrainer(Distiller):
     """
 
     def __init__(self, student: keras.Model, teacher: keras.Model, taps=None, terms=(),
-                 adversarial_weight: float = 1.0, rectifier_learning_rate_scale: float = 1.0,
+                 adversarial_weight: float = ADVERSARIAL_WEIGHT, rectifier_learning_rate_scale: float = 1.0,
                  name: str | None = None, **kwargs):
         taps = stage_outputs(student) if taps is None else list(taps)
         if not taps:
