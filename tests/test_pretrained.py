@@ -48,8 +48,9 @@ def test_pretrained_directory_within_budget():
 #: images chose, each with the committed results file that holds both schedules' runs
 LONGER_SCHEDULE = {name: "schedule_length_fashion_mnist"
                    for name in ("bnn_resnet20", "xnor_resnet20", "bireal_resnet20", "rbnn_resnet20")}
+BINARY_RESNET20 = [name for name in SHIPPED[:-1] if registry.get_model_spec(name).scheme.binary]
 #: the binary ResNet-20s shipped at the ranking budget, and the results file that ranks them beside bnn_resnet20
-RANKED = [name for name in SHIPPED[:-1] if registry.get_model_spec(name).scheme.binary and name not in LONGER_SCHEDULE]
+RANKED = [name for name in BINARY_RESNET20 if name not in LONGER_SCHEDULE]
 RANKING_RESULTS = "same_budget_fashion_mnist"
 BUDGET_FLAGS = ("--epochs", "--train-images", "--val-images", "--batch-size", "--seed")
 
@@ -71,7 +72,7 @@ def test_full_budget_entries_share_one_budget():
     they compare methods fairly: the same epochs, held-out images, batch and seed, whatever
     each method's recipe. fp_resnet20 is the full-precision reference, on its own budget;
     LONGER_SCHEDULE's entries are ranked by their shorter runs (below)."""
-    for name in [name for name in SHIPPED[:-1] if registry.get_model_spec(name).scheme.binary]:
+    for name in BINARY_RESNET20:
         assert "--train-images" not in budget_flags(shipped_entry(name).command), f"{name} trained on part of it"
     assert ranking_budget()["--epochs"] and set(LONGER_SCHEDULE) <= set(SHIPPED)
     assert len(RANKED) >= 2

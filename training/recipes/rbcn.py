@@ -27,7 +27,8 @@ from typing import ClassVar
 
 import zoo  # noqa: F401,I001  (first: selects Keras 2)
 import tf_keras as keras
-from zoo.schemes.rbcn import ADVERSARIAL_WEIGHT, DISCRIMINATOR_LEARNING_RATE, AdversarialTrainer, BatchNormRetraining, rectified_layers
+from zoo.schemes.rbcn import (ADVERSARIAL_WEIGHT, DISCRIMINATOR_LEARNING_RATE, AdversarialTrainer, BatchNormRetraining,
+                              rectified_layers)
 
 from training.recipes.base import Recipe
 from training.settings import lacking_layers
