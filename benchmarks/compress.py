@@ -34,7 +34,7 @@ import numpy as np  # noqa: E402
 from common import command_line, parse_arguments, write_results  # noqa: E402
 from zoo.text import markdown_table  # noqa: E402
 from zoo import compress  # noqa: E402
-from zoo.compress import fine_tune, run_pipeline  # noqa: E402
+from zoo.compress import PRUNE_LEARNING_RATE, QAT_LEARNING_RATE, fine_tune, run_pipeline  # noqa: E402
 
 DATASET = "fashion_mnist"
 STEPS = ("prune", "qat")
@@ -64,7 +64,7 @@ def control_accuracy(name: str, weights: str, step: str, seed: int, args) -> flo
 
     Fine-tuning alone moves a briefly trained model; this separates that from what the
     compression costs. ``prune``: channel pruning with ratio 0 (the same inference form,
-    BN treatment and ±0.01 latent weights, nothing removed), Adam ``--learning-rate``;
+    BN treatment and latent weights, nothing removed), Adam ``--learning-rate``;
     ``qat``: the float inference form, Adam ``--qat-learning-rate``.
     """
     model = zoo.load(name, weights=weights, input_shape=(28, 28, 1), classes=10)
@@ -96,8 +96,8 @@ def main(argv=None):
     parser.add_argument("--train-images", type=int, default=15_000, help="fine-tuning images per epoch")
     parser.add_argument("--test-images", type=int, default=None, help="default: the whole test split")
     parser.add_argument("--seeds", type=int, default=2, help="data orders of the fine-tunes (runs and controls)")
-    parser.add_argument("--learning-rate", type=float, default=1e-3)
-    parser.add_argument("--qat-learning-rate", type=float, default=1e-4)
+    parser.add_argument("--learning-rate", type=float, default=PRUNE_LEARNING_RATE)
+    parser.add_argument("--qat-learning-rate", type=float, default=QAT_LEARNING_RATE)
     parser.add_argument("--base-epochs", type=int, default=3, help="training of models without pretrained weights")
     parser.add_argument("--base-images", type=int, default=30_000)
     parser.add_argument("--cache", default=str(Path.home() / ".cache" / "zoo" / "benchmark_compress"))

@@ -364,8 +364,10 @@ def test_a_model_with_nothing_to_prune_is_an_error():
 @pytest.mark.parametrize("options, message", [
     (["--prune", "1.5"], "in [0, 1)"),
     (["--prune", "0.5", "--fade", "1.5"], "fade must be a fraction of the fine-tune in [0, 1], got 1.5"),
+    (["--prune", "0.5", "--learning-rate=-1"], "learning rate must be a positive number, got -1.0"),
+    (["--qat", "--qat-learning-rate", "nan"], "QAT learning rate must be a positive number, got nan"),
 ])
-def test_cli_prune_ratio_or_fade_outside_their_range_is_an_error(options, message, tmp_path, capsys):
+def test_cli_compress_settings_outside_their_range_are_errors(options, message, tmp_path, capsys):
     assert cli.main(["compress", "bnn_resnet20", *options, "--dataset", "fashion_mnist", "-o", str(tmp_path)]) == 2
     assert message in capsys.readouterr().err
 

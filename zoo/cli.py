@@ -173,14 +173,16 @@ def cmd_benchmark(args) -> int:
 def cmd_compress(args) -> int:
     from zoo.compress import pipeline  # lazily: imports TF-MOT
 
+    rates = {key: value for key, value in (("learning_rate", args.learning_rate),
+                                           ("qat_learning_rate", args.qat_learning_rate)) if value is not None}
     report = pipeline.run_pipeline(
         args.model, dataset=args.dataset, output_dir=args.output, prune_ratio=args.prune, structure=args.structure,
         qat=args.qat, epochs=args.epochs, weights=args.weights, batch_size=args.batch_size,
-        learning_rate=args.learning_rate, qat_learning_rate=args.qat_learning_rate, train_images=args.train_images,
+        train_images=args.train_images,
         test_images=args.test_images, hrank_batches=args.hrank_batches, fade=args.fade, qat_scope=args.qat_scope,
         unsupported=args.qat_unsupported,
         latency_repeats=args.latency_repeats, data_dir=args.data_dir, seed=args.seed,
-        verbose=0 if args.quiet else 2, progress=_progress("compress", args.quiet),
+        verbose=0 if args.quiet else 2, progress=_progress("compress", args.quiet), **rates,
     )
     print(json.dumps(report, indent=2, default=str) if args.json else pipeline.markdown_report(report))
     return 0
@@ -323,10 +325,12 @@ def _add_compress_command(commands) -> None:
     compressing.add_argument("--epochs", type=int, default=1, help="fine-tuning epochs after each step")
     compressing.add_argument("--weights", default="default", help="as in zoo.load: default, a tag, a path")
     compressing.add_argument("--batch-size", type=int, default=64)
-    compressing.add_argument("--learning-rate", type=float, default=1e-3,
-                             help="Adam's initial rate (cosine decay) of the fine-tune after pruning")
-    compressing.add_argument("--qat-learning-rate", type=float, default=1e-4,
-                             help="Adam's initial rate (cosine decay) of the QAT fine-tune")
+    compressing.add_argument("--learning-rate", type=float, default=None,
+                             help="Adam's initial rate (cosine decay) of the fine-tune after pruning (default: "
+                                  "zoo.compress.PRUNE_LEARNING_RATE, chosen on held-out images)")
+    compressing.add_argument("--qat-learning-rate", type=float, default=None,
+                             help="Adam's initial rate (cosine decay) of the QAT fine-tune (default: "
+                                  "zoo.compress.QAT_LEARNING_RATE)")
     compressing.add_argument("--train-images", type=int, default=None, help="fine-tune on the first N images")
     compressing.add_argument("--test-images", type=int, default=None, help="evaluate on the first N test images")
     compressing.add_argument("--hrank-batches", type=int, default=4,

@@ -16,12 +16,14 @@ left to Larq) and :mod:`~zoo.compress.pipeline` (``zoo compress``).
 
 from zoo.compress.channels import channel_prune, hrank_scores, masked, match_statistics, narrow, prunable_convs
 from zoo.compress.common import Pruning, fine_tunable_inference
-from zoo.compress.pipeline import export, fine_tune, run_pipeline
+from zoo.compress.pipeline import PRUNE_LEARNING_RATE, QAT_LEARNING_RATE, export, fine_tune, run_pipeline
 from zoo.compress.pruning import prunable_layers, prune, sparsity_report, strip
 from zoo.compress.quantization import quantize, quantize_scope
 
 __all__ = [
+    "PRUNE_LEARNING_RATE",
     "Pruning",
+    "QAT_LEARNING_RATE",
     "channel_prune",
     "export",
     "fine_tunable_inference",

@@ -495,8 +495,9 @@ def channel_prune(model: keras.Model, ratio, data, *, batches: int = 4, layers=N
         after the fine-tune, ``compress.strip`` (:func:`narrowed`) gives the narrow model.
       latent: magnitude of the latent weights the binary convs fine-tune from (their
         signs are the ±1 kernels). Adam moves a weight by about its learning rate a step,
-        so a flip takes ``latent / lr`` steps: 1e-2 lets a short fine-tune (lr 1e-3)
-        retrain the binary kernels; 1.0 all but freezes them.
+        so a flip takes ``latent / lr`` steps: 1e-2 lets a short fine-tune (the pipeline's
+        lr, 3e-4) retrain the binary kernels; 1.0 all but freezes them. Chosen on held-out
+        images with that lr (``benchmarks/compress_fine_tune_choice.py``).
 
     Returns:
       A :class:`~zoo.compress.common.Pruning`: the model to fine-tune (narrow, or fading
