@@ -11,9 +11,10 @@ parts. For each pair, two fine-tunes from the shipped ``fashion_mnist`` weights 
 ``zoo compress`` budget and data order of ``benchmarks/compress.py`` (``--epochs`` x the
 first ``--train-images`` training images, batch 64, Adam with a cosine decay, seed 0): the
 uncompressed inference form (ratio 0) and the model pruned by ``--ratio`` with the filters
-fading out over the first quarter. Each is judged on the last ``--held-out`` training images, which neither the
-shipped weights (trained on the first 55 000) nor the fine-tune saw; the test split is not
-read. The kept pair is the one whose pruned model scores best there.
+fading out over the first quarter. Each is judged on the last ``--held-out`` training
+images, which neither the shipped weights (trained on the first 55 000) nor the fine-tune
+saw; the test split is not read. The kept pair is the one whose pruned model scores best
+there.
 """
 
 from __future__ import annotations
