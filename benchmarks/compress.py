@@ -34,6 +34,7 @@ import numpy as np  # noqa: E402
 from common import command_line, parse_arguments, write_results  # noqa: E402
 from zoo.text import markdown_table  # noqa: E402
 from zoo import compress  # noqa: E402
+from training.loop import accuracy  # noqa: E402
 from zoo.compress import PRUNE_LEARNING_RATE, QAT_LEARNING_RATE, fine_tune, run_pipeline  # noqa: E402
 
 DATASET = "fashion_mnist"
@@ -77,12 +78,8 @@ def control_accuracy(name: str, weights: str, step: str, seed: int, args) -> flo
     else:
         tuned, learning_rate = compress.fine_tunable_inference(model, ranked), args.qat_learning_rate
     fine_tune(tuned, train, args.epochs, learning_rate, int(train.cardinality()), verbose=0)
-    test = zoo.load_dataset(DATASET, "test", batch_size=256, take=args.test_images, data_dir=args.data_dir)
-    correct = total = 0
-    for images, labels in test:
-        correct += int(np.sum(np.argmax(tuned(images, training=False), -1) == labels.numpy()))
-        total += len(labels)
-    return correct / total
+    return accuracy(tuned, zoo.load_dataset(DATASET, "test", batch_size=256, take=args.test_images,
+                                            data_dir=args.data_dir))
 
 
 def main(argv=None):

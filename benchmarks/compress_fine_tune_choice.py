@@ -30,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import zoo  # noqa: E402,I001  (first: selects Keras 2)
 import numpy as np  # noqa: E402
 from common import command_line, parse_arguments, write_results  # noqa: E402
+from training.loop import accuracy  # noqa: E402
 from zoo import compress  # noqa: E402
 from zoo.compress.common import is_binary_conv  # noqa: E402
 from zoo.text import markdown_table  # noqa: E402
@@ -47,14 +48,6 @@ def kernel_signs(model) -> dict:
 def changed_share(before: dict, after: dict) -> float:
     changed = sum(int(np.sum(before[name] != after[name])) for name in before)
     return changed / sum(signs.size for signs in before.values())
-
-
-def accuracy(model, data) -> float:
-    correct = total = 0
-    for images, labels in data:
-        correct += int(np.sum(np.argmax(model(images, training=False), -1) == labels.numpy()))
-        total += len(labels)
-    return correct / total
 
 
 def fine_tuned(name: str, ratio: float, learning_rate: float, latent: float, args, held_out) -> dict:
